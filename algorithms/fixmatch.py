@@ -1,0 +1,41 @@
+"""FixMatch (Sohn et al., NeurIPS 2020).
+
+    q = softmax(f(weak(u)))                  (pseudo-label distribution, no gradient)
+    L_u = 1/(mu B) * sum_b w_b * CE(argmax q_b, f(strong(u_b)))
+    w_b = policy(q_b)  — fixed: 1[max q_b >= 0.95]
+    L = L_s + lambda_u * L_u
+
+Normalized by the whole unlabeled batch, as in its paper (``unsup_norm="batch"``).
+"""
+from __future__ import annotations
+
+import torch
+
+from sslzoo.algorithm import (Batch, ForwardOutput, PolicyInput, SSLAlgorithm, StepContext, StepOutput,
+                              masked_ce, pseudo_label_stats, supervised_ce)
+from sslzoo.registry import register_algorithm
+
+
+@register_algorithm("fixmatch")
+class FixMatch(SSLAlgorithm):
+    """FixMatch: confident weak-view pseudo-labels supervise the strong view (fixed 0.95)."""
+
+    name = "fixmatch"
+    unlabeled_views = ("weak", "strong")
+    default_policy = "fixed:0.95"
+    uses_policy = True
+
+    def __init__(self, num_classes: int, policy=None, lambda_u: float = 1.0, temperature: float = 1.0,
+                 unsup_norm: str = "batch"):
+        super().__init__(num_classes, policy)
+        self.lambda_u, self.temperature, self.unsup_norm = lambda_u, temperature, unsup_norm
+
+    def losses(self, out: ForwardOutput, batch: Batch, ctx: StepContext) -> StepOutput:
+        sup, sup_per_sample = supervised_ce(out.logits_l, batch.y_l)
+        logits_weak, logits_strong = out.u_logits
+        q = torch.softmax(logits_weak.detach().float() / self.temperature, dim=-1)
+        pseudo = q.argmax(dim=-1)
+        w = self.policy(PolicyInput(q, batch.u_index, sup_per_sample), ctx)
+        unsup = masked_ce(logits_strong, pseudo, w, self.unsup_norm)
+        return StepOutput({"sup": sup, "unsup": self.lambda_u * unsup},
+                          pseudo_label_stats(w, pseudo, batch.u_true))

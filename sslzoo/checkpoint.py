@@ -1,0 +1,62 @@
+"""Checkpoints that resume a run exactly and load safely.
+
+Everything is stored as tensors, numbers, strings, lists and dicts, so
+``torch.load(..., weights_only=True)`` reads it (no pickled code runs).
+"""
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .errors import SSLZooError
+from .io import atomic_write
+
+FORMAT = "sslzoo-checkpoint-v1"
+
+
+def rng_state() -> dict[str, Any]:
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    py_version, py_state, py_gauss = random.getstate()
+    state = {
+        "python": {"version": py_version, "state": torch.tensor(py_state, dtype=torch.int64), "gauss": py_gauss},
+        "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": pos,
+                  "has_gauss": has_gauss, "cached": cached},
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    py = state["python"]
+    random.setstate((py["version"], tuple(int(v) for v in py["state"].tolist()), py["gauss"]))
+    n = state["numpy"]
+    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"]))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save(path: str | Path, payload: dict[str, Any]) -> None:
+    payload = {"format": FORMAT, **payload}
+    atomic_write(path, lambda f: torch.save(payload, f), mode="wb")
+
+
+def load(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise SSLZooError(f"No checkpoint at '{path}' to resume from (run without --resume to start fresh).")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - truncated/foreign files: a clear message, not torch internals
+        raise SSLZooError(f"Checkpoint '{path}' could not be read ({type(exc).__name__}: "
+                          f"{str(exc).splitlines()[0][:160]}). It may be truncated or not an sslzoo "
+                          f"checkpoint; delete it to start the run afresh.") from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise SSLZooError(f"'{path}' is not an sslzoo checkpoint (expected format '{FORMAT}').")
+    return payload

@@ -1,0 +1,184 @@
+"""Command line: sslzoo list | train | data | bench | table | plot.
+
+User errors (SSLZooError) print as one paragraph and exit 2; --debug shows the traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+from .errors import DivergedError, SSLZooError
+
+# flag -> config key, for the training flags shared by train and bench
+TRAIN_FLAGS: list[tuple[str, str, type, str]] = [
+    ("--algo", "algo", str, "algorithm name (see `sslzoo list`)"),
+    ("--dataset", "dataset", str, "data set name"),
+    ("--data-root", "data_root", str, "folder holding the data set"),
+    ("--labels", "labels", int, "number of labeled training images"),
+    ("--seed", "seed", int, "random seed (split, init, augmentation)"),
+    ("--epochs", "epochs", int, "training epochs"),
+    ("--iters-per-epoch", "iters_per_epoch", int, "iterations per epoch"),
+    ("--batch-size", "batch_size", int, "labeled images per step"),
+    ("--mu", "mu", int, "unlabeled/labeled batch ratio"),
+    ("--device", "device", str, "auto | cpu | cuda | cuda:N"),
+    ("--image-size", "image_size", int, "resize images to this side"),
+    ("--split", "split", str, "labeled-subset protocol: balanced | stratified | adacm_rafdb"),
+    ("--val-per-class", "val_per_class", int, "hold out N images per class for model selection"),
+    ("--unlabeled-extra", "unlabeled_extra", str, "add this data set's training images as unlabeled data"),
+    ("--test-dataset", "test_dataset", str, "evaluate on another data set (cross-data-set)"),
+    ("--num-workers", "num_workers", int, "data loader workers (-1: auto)"),
+]
+
+
+def add_train_flags(p: argparse.ArgumentParser, *, with_single: bool = True) -> None:
+    for flag, key, typ, help_ in TRAIN_FLAGS:
+        if not with_single and key in ("algo", "dataset", "labels", "seed"):
+            continue
+        p.add_argument(flag, dest=key, type=typ, default=None, help=help_)
+    p.add_argument("--backbone", default=None, help="backbone name (see `sslzoo list`)")
+    p.add_argument("--config", action="append", default=[], metavar="FILE.yaml", help="YAML config (repeatable)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key, e.g. --set policy=fixed:0.8 --set optim.lr=1e-3 (repeatable)")
+    p.add_argument("--plugin", action="append", default=[], metavar="FILE.py",
+                   help="import a Python file that registers algorithms/policies (repeatable)")
+
+
+def config_layers(args: argparse.Namespace, extra: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    from .config import load_yaml, parse_set
+    from .registry import load_plugin
+    for plugin in args.plugin:
+        load_plugin(plugin)
+    layers = [load_yaml(f) for f in args.config]
+    flags = {key: getattr(args, key) for _, key, _, _ in TRAIN_FLAGS if getattr(args, key, None) is not None}
+    if getattr(args, "backbone", None):
+        flags["backbone"] = {"name": args.backbone}
+    if getattr(args, "out", None):
+        flags["out"] = args.out
+    if getattr(args, "no_progress", False):
+        flags["progress"] = False
+    layers.append(flags)
+    layers.append(parse_set(args.set))
+    if extra:
+        layers.append(extra)
+    return layers
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from .registry import ALGORITHMS, BACKBONES, DATASETS, POLICIES, describe
+    for title, reg in (("algorithms", ALGORITHMS), ("threshold policies", POLICIES),
+                       ("data sets", DATASETS), ("backbones", BACKBONES)):
+        print(f"{title}:")
+        for name, obj in reg.items():
+            extra = ""
+            if reg is ALGORITHMS and getattr(obj, "default_policy", None):
+                extra = f" [policy: {obj.default_policy}]"
+            print(f"  {name:<12} {describe(obj)}{extra}")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .config import resolve
+    from .trainer import train
+    if args.nproc and args.nproc > 1:
+        return _relaunch_with_torchrun(args.nproc)
+    cfg = resolve(config_layers(args))
+    metrics = train(cfg, resume=args.resume, overwrite=args.overwrite)
+    if metrics.get("final_acc") is not None:
+        print(f"run: {cfg['out']}\nfinal test accuracy: {metrics['final_acc']:.2f}% "
+              f"(best over epochs: {metrics['best_test_acc']:.2f}% at epoch {metrics['best_epoch']})")
+    return 0
+
+
+def _relaunch_with_torchrun(nproc: int) -> int:
+    import subprocess
+    argv = [a for a in sys.argv[1:]]
+    i = argv.index("--nproc")
+    del argv[i:i + 2]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+           "-m", "sslzoo", *argv]
+    return subprocess.call(cmd)
+
+
+def cmd_data(args: argparse.Namespace) -> int:
+    from .data.describe import describe_dataset, format_description
+    from .config import parse_set
+    options = parse_set(args.set)
+    d = describe_dataset(args.name, args.data_root, **options)
+    print(json.dumps(d, indent=1, default=str) if args.json else format_description(d))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="sslzoo", description=__doc__.splitlines()[0])
+    p.add_argument("--debug", action="store_true", help="show tracebacks for errors")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    sp = sub.add_parser("list", help="list algorithms, threshold policies, data sets and backbones")
+    sp.add_argument("--plugin", action="append", default=[], metavar="FILE.py")
+    sp.set_defaults(func=_with_plugins(cmd_list))
+
+    sp = sub.add_parser("train", help="train one run")
+    add_train_flags(sp)
+    sp.add_argument("--out", default=None, help="run folder (default runs/run)")
+    sp.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    sp.add_argument("--overwrite", action="store_true", help="replace an existing run in --out")
+    sp.add_argument("--nproc", type=int, default=0, help="train with N processes (DDP via torchrun)")
+    sp.add_argument("--no-progress", action="store_true", help="no progress bar / per-epoch lines")
+    sp.set_defaults(func=cmd_train)
+
+    sp = sub.add_parser("data", help="show what a data set loader finds on disk")
+    sp.add_argument("name")
+    sp.add_argument("--data-root", default=None)
+    sp.add_argument("--json", action="store_true")
+    sp.add_argument("--set", action="append", default=[], metavar="OPTION=VALUE", help="loader option")
+    sp.set_defaults(func=cmd_data)
+
+    for register in _EXTRA_COMMANDS:
+        register(sub)
+    return p
+
+
+def _with_plugins(fn: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    def run(args: argparse.Namespace) -> int:
+        from .registry import load_plugin
+        for plugin in getattr(args, "plugin", []):
+            load_plugin(plugin)
+        return fn(args)
+    return run
+
+
+_EXTRA_COMMANDS: list[Callable[[Any], None]] = []
+
+
+def _register_extra_commands() -> None:
+    """Sub-commands that live in their own modules (bench, table, plot, throughput)."""
+    try:
+        from .bench.commands import register as bench_register
+        _EXTRA_COMMANDS.append(bench_register)
+    except ModuleNotFoundError as exc:
+        if exc.name != "sslzoo.bench.commands":
+            raise
+
+
+def main(argv: list[str] | None = None) -> int:
+    _register_extra_commands()
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except SSLZooError as exc:
+        if args.debug:
+            raise
+        kind = "diverged" if isinstance(exc, DivergedError) else "error"
+        print(f"sslzoo {args.command}: {kind}: {exc}", file=sys.stderr)
+        return 3 if isinstance(exc, DivergedError) else 2
+    except KeyboardInterrupt as exc:
+        print(f"sslzoo {args.command}: interrupted. {exc}", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,188 @@
+"""Resolved run configuration: defaults <- data-set YAML <- algorithm YAML <- --config <- flags <- --set.
+
+Why one nested dict with a schema taken from the defaults: every key a user can
+set is visible in ``DEFAULTS`` (or an algorithm's constructor), YAML is parsed
+with ``yaml.safe_load``, unknown keys get a did-you-mean, and a type error names
+the key. The resolved dict is saved as the run's ``config.yaml``.
+"""
+from __future__ import annotations
+
+import copy
+import difflib
+import hashlib
+import json
+from importlib import resources
+from pathlib import Path
+from typing import Any, Iterable
+
+import yaml
+
+from .errors import SSLZooError
+from .registry import ALGORITHMS
+
+DEFAULTS: dict[str, Any] = {
+    "algo": "adacm",
+    "policy": None,              # None: the algorithm's default ("fixed:0.95", "adacm", a mapping, ...)
+    "policy_args": {},           # extra keyword arguments for the policy
+    "dataset": "synthfer",
+    "data_root": None,
+    "data": {},                  # data-set loader options (checked by the loader)
+    "image_size": None,          # None: the data set's own default
+    "labels": 70,
+    "split": "balanced",         # balanced | stratified | adacm_rafdb
+    "val_per_class": 0,          # >0 holds out a validation split from the training data
+    "unlabeled_extra": None,     # another data set whose training images join the unlabeled pool
+    "unlabeled_extra_root": None,
+    "test_dataset": None,        # cross-data-set evaluation (train on one, test on another)
+    "test_data_root": None,
+    "seed": 0,
+    "epochs": 10,
+    "iters_per_epoch": 100,
+    "batch_size": 16,            # labeled images per step (per process)
+    "mu": 1,                     # unlabeled / labeled batch ratio
+    "eval_batch_size": 512,
+    "backbone": {"name": "smallcnn"},   # other keys go to the backbone factory (weights, dropout, ...)
+    "optim": {"name": "adam", "lr": 5e-4, "weight_decay": 0.0, "momentum": 0.9, "nesterov": True},
+    "schedule": {"name": "constant", "warmup_steps": 0},   # constant | cosine (FixMatch's 7/16 cosine)
+    "ema": {"decay": 0.999, "warmup": True},
+    "augment": {"crop_padding": 0.125, "flip": True, "randaugment_n": 2, "randaugment_m": 10, "cutout": 0.5},
+    "forward_mode": "concat",    # concat (one pass) | separate (one pass per input, official Ada-CM)
+    "device": "auto",
+    "amp": "auto",               # auto: bf16/fp16 autocast on CUDA, off on CPU
+    "channels_last": "auto",
+    "compile": False,
+    "num_workers": -1,           # -1: one per spare CPU core (at most 4)
+    "tensorboard": True,
+    "progress": True,
+    "out": "runs/run",
+}
+FREE_FORM = {"data", "backbone", "policy_args"}   # sections whose keys the component checks
+NULLABLE_ANY = {"policy"}
+
+
+def builtin_config_dir() -> Path:
+    """The packaged ``configs/`` folder (installed as the ``sslzoo.configs`` package data)."""
+    try:
+        return Path(str(resources.files("sslzoo.configs")))
+    except ModuleNotFoundError:
+        return Path(__file__).resolve().parent.parent / "configs"
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise SSLZooError(f"Config file '{path}' does not exist.")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise SSLZooError(f"Config file '{path}' is not valid YAML: {exc}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise SSLZooError(f"Config file '{path}' must hold a mapping of keys to values; got {type(data).__name__}.")
+    return data
+
+
+def parse_set(items: Iterable[str]) -> dict[str, Any]:
+    """``["a.b=1", "policy=fixed:0.8"]`` -> nested dict; values parsed as YAML scalars."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip() or any(not part for part in key.split(".")):
+            raise SSLZooError(f"--set expects key=value (e.g. --set optim.lr=0.001 or --set policy=fixed:0.8); "
+                              f"got '{item}'.")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError:
+            value = raw
+        if isinstance(value, str) and ":" in raw and key.strip() == "policy":
+            value = raw.strip()
+        node = out
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise SSLZooError(f"--set '{item}': '{part}' was already given a value, not a section.")
+        node[parts[-1]] = value
+    return out
+
+
+def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict) and key != "policy":
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def _check(schema: dict[str, Any], given: dict[str, Any], where: str) -> None:
+    for key, value in given.items():
+        if key not in schema:
+            close = difflib.get_close_matches(key, list(schema), n=1)
+            hint = f" Did you mean '{close[0]}'?" if close else ""
+            raise SSLZooError(f"Unknown config key '{where}{key}'.{hint} "
+                              f"Known keys{' in ' + where.rstrip('.') if where else ''}: {', '.join(sorted(schema))}.")
+        default = schema[key]
+        path = f"{where}{key}"
+        if key in FREE_FORM and not where:
+            if not isinstance(value, dict):
+                raise SSLZooError(f"Config key '{path}' must be a mapping; got {value!r}.")
+            continue
+        if key in NULLABLE_ANY and not where:
+            continue
+        if isinstance(default, dict):
+            if not isinstance(value, dict):
+                raise SSLZooError(f"Config key '{path}' must be a mapping; got {value!r}.")
+            _check(default, value, path + ".")
+        elif default is not None and value is not None:
+            ok = (isinstance(value, bool) if isinstance(default, bool)
+                  else isinstance(value, (int, float)) and not isinstance(value, bool) if isinstance(default, float)
+                  else isinstance(value, int) and not isinstance(value, bool) if isinstance(default, int)
+                  else isinstance(value, type(default)))
+            if not ok:
+                raise SSLZooError(f"Config key '{path}' expects a {type(default).__name__} "
+                                  f"(default {default!r}); got {value!r}.")
+
+
+def schema() -> dict[str, Any]:
+    """DEFAULTS plus one section per registered algorithm (its constructor's keyword arguments)."""
+    full = copy.deepcopy(DEFAULTS)
+    for name, cls in ALGORITHMS.items():
+        full[name] = cls.hyperparameters()
+    return full
+
+
+def resolve(layers: list[dict[str, Any]]) -> dict[str, Any]:
+    """Merge user layers over the defaults and the built-in per-data-set / per-algorithm YAML."""
+    full_schema = schema()
+    for layer in layers:
+        _check(full_schema, layer, "")
+    user = {}
+    for layer in layers:
+        user = deep_merge(user, layer)
+    algo = user.get("algo", DEFAULTS["algo"])
+    dataset = user.get("dataset", DEFAULTS["dataset"])
+    ALGORITHMS.get(algo)   # unknown algorithm -> a clear error before anything else
+    builtin: list[dict[str, Any]] = []
+    for sub, name in (("datasets", dataset), ("algorithms", algo)):
+        path = builtin_config_dir() / sub / f"{name}.yaml"
+        if path.is_file():
+            layer = load_yaml(path)
+            _check(full_schema, layer, "")
+            builtin.append(layer)
+    cfg = copy.deepcopy(DEFAULTS)
+    cfg[algo] = full_schema[algo]
+    for layer in builtin + [user]:
+        cfg = deep_merge(cfg, layer)
+    for other in ALGORITHMS.names():   # keep only the active algorithm's section
+        if other != algo:
+            cfg.pop(other, None)
+    return cfg
+
+
+def config_hash(cfg: dict[str, Any]) -> str:
+    """A short stable hash of everything that changes results (not where they are written)."""
+    keep = {k: v for k, v in cfg.items() if k not in ("out", "progress", "tensorboard", "num_workers")}
+    return hashlib.sha256(json.dumps(keep, sort_keys=True, default=str).encode()).hexdigest()[:12]

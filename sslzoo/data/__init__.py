@@ -1,0 +1,1 @@
+"""Data sets, label spaces, labeled/unlabeled splits and augmented views."""

@@ -155,12 +155,15 @@ _EXTRA_COMMANDS: list[Callable[[Any], None]] = []
 
 def _register_extra_commands() -> None:
     """Sub-commands that live in their own modules (bench, table, plot, throughput)."""
-    try:
-        from .bench.commands import register as bench_register
-        _EXTRA_COMMANDS.append(bench_register)
-    except ModuleNotFoundError as exc:
-        if exc.name != "sslzoo.bench.commands":
-            raise
+    import importlib
+    if _EXTRA_COMMANDS:
+        return
+    for module in ("sslzoo.bench.commands", "sslzoo.perf"):
+        try:
+            _EXTRA_COMMANDS.append(importlib.import_module(module).register)
+        except ModuleNotFoundError as exc:
+            if exc.name != module:
+                raise
 
 
 def main(argv: list[str] | None = None) -> int:

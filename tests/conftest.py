@@ -1,0 +1,35 @@
+"""Shared fixtures: an isolated cache and a tiny, fast training configuration."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from sslzoo.config import resolve
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path_factory, monkeypatch):
+    """Every test gets a private data cache, shared within the session for speed."""
+    monkeypatch.setenv("SSLZOO_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+
+
+TINY: dict[str, Any] = {
+    "dataset": "synthfer", "data": {"n_train": 420, "n_test": 140}, "labels": 35,
+    "epochs": 1, "iters_per_epoch": 3, "batch_size": 8, "mu": 1, "num_workers": 0,
+    "eval_batch_size": 256, "tensorboard": False, "progress": False,
+    "backbone": {"name": "smallcnn", "width": 8},
+}
+
+
+def tiny_config(tmp_path: Path, **overrides: Any) -> dict[str, Any]:
+    """A resolved config for a seconds-long run on a small synthfer; ``overrides`` as config keys."""
+    layer = dict(TINY, out=str(tmp_path / "run"))
+    layer.update(overrides)
+    return resolve([layer])
+
+
+@pytest.fixture
+def tiny():
+    return tiny_config

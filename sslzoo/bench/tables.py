@@ -1,0 +1,485 @@
+"""Results table (one row per run) -> the paper's mean±std tables and a comparison CSV.
+
+Why this module exists: every number in a paper table is an aggregate over seeds,
+and the aggregation choices (which runs count, which std, how a method is compared
+with the baseline) change the numbers. They are made once, here, and written into
+every table caption so a reader never has to guess.
+
+Conventions
+-----------
+* Only runs with ``status == "finished"`` count. Diverged / failed / running runs
+  are excluded and counted; the counts go into ``summary.attrs["excluded"]`` and
+  into the table caption. A (method, data set, labels) setting whose runs were all
+  excluded still gets a row (n=0) so it shows as "–" instead of silently vanishing.
+* Duplicate finished rows for the same (method, dataset, labels, seed) keep the
+  *last* row (the results store appends, so last = newest) and are counted in
+  ``attrs["n_duplicates"]``.
+* A run whose metric is NaN (e.g. ``val_selected_acc`` without a validation split)
+  does not count for that metric (``attrs["n_missing_metric"]``).
+* **std over seeds uses ddof=1 (sample standard deviation)** by default
+  (:data:`STD_DDOF`). Source check: USB's and TorchSSL's aggregation script
+  (``scripts/average_log.py`` in microsoft/Semi-supervised-learning and
+  TorchSSL/TorchSSL) formats ``np.std(...)``, i.e. numpy's default ddof=0
+  (population std); FixMatch only says "mean and variance over 5 folds" without
+  the estimator. We deliberately do not copy ddof=0: with the usual 3 seeds it
+  understates the spread by a factor sqrt(2/3) ~ 0.82, and ddof=1 is the estimator
+  the paired t-test below uses. Pass ``ddof=0`` to :func:`summarize` to reproduce
+  USB/TorchSSL-style numbers; the caption always states which one was used.
+  A cell with n=1 has no std (NaN) and prints as the mean only.
+* ``delta`` = method mean - baseline mean in the same (dataset, labels) setting,
+  each over all of its own finished seeds. ``p_value`` is a two-sided paired
+  t-test (``scipy.stats.ttest_rel``) over the seeds *both* have (pairing by seed:
+  same seed = same labeled split and init), ``n_paired`` says how many.
+  - fewer than 2 paired seeds, the baseline row itself, or no baseline: NaN
+    (``n_paired`` = 0 for the baseline row and when there is no baseline).
+  - all paired differences are 0 (within 1e-9): p = 1.0. The t statistic is 0/0,
+    but identical results on every seed are no evidence of a difference (this
+    happens for real, e.g. an ablation row whose config equals the baseline).
+  - all differences equal the same non-zero value: p = NaN, *not* 0.0. The
+    t-test then estimates zero variance and returns t=±inf, p=0, i.e. certainty
+    from as few as two seeds; an exact sign-flip test on n pairs could not go
+    below 2/2**n (0.25 for 3 seeds). Undefined is the honest answer; read
+    ``delta`` and ``n_paired``.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import math
+import os
+import tempfile
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from ..errors import SSLZooError
+
+log = logging.getLogger(__name__)
+
+#: metric key -> (results column, description used in captions)
+METRICS: dict[str, tuple[str, str]] = {
+    "final": ("final_acc", "final-epoch test accuracy"),
+    "best": ("best_test_acc", "best test accuracy over epochs (test-selected, the paper's protocol)"),
+    "val": ("val_selected_acc", "test accuracy at the epoch with the best validation accuracy"),
+}
+METRIC_ALIASES: dict[str, str] = {
+    "best_test": "best", "val_selected": "val",
+    "final_acc": "final", "best_test_acc": "best", "val_selected_acc": "val",
+}
+#: ddof of the std over seeds (see module docstring for why 1, not numpy's 0).
+STD_DDOF = 1
+#: differences below this (accuracy points) count as zero in the p-value special cases.
+ZERO_TOL = 1e-9
+
+SUMMARY_COLUMNS = ["method", "dataset", "labels", "metric", "mean", "std", "n",
+                   "delta", "p_value", "n_paired", "ddof"]
+COMPARISON_COLUMNS = SUMMARY_COLUMNS
+MISSING = "–"  # en dash, for cells without finished runs
+_FORMATS = {"md": "md", "markdown": "md", "csv": "csv", "latex": "latex", "tex": "latex"}
+
+
+def resolve_metric(metric: str) -> tuple[str, str, str]:
+    """Return (key, column, description) for a metric key, alias or column name."""
+    key = METRIC_ALIASES.get(str(metric).lower(), str(metric).lower())
+    if key not in METRICS:
+        known = sorted(set(METRICS) | set(METRIC_ALIASES))
+        raise SSLZooError(f"unknown metric {metric!r}; expected one of {', '.join(known)}")
+    col, desc = METRICS[key]
+    return key, col, desc
+
+
+def _paired_p(a: np.ndarray, b: np.ndarray) -> float:
+    """Two-sided paired t-test p-value with the degenerate cases of the module docstring."""
+    if len(a) < 2:
+        return math.nan
+    d = np.asarray(a, float) - np.asarray(b, float)
+    if float(np.ptp(d)) <= ZERO_TOL:  # zero-variance differences
+        return 1.0 if float(np.max(np.abs(d))) <= ZERO_TOL else math.nan
+    with warnings.catch_warnings():  # near-constant diffs trigger a precision warning
+        warnings.simplefilter("ignore", RuntimeWarning)
+        p = float(stats.ttest_rel(a, b).pvalue)
+    return p
+
+
+def _first_appearance(values: pd.Series) -> list[Any]:
+    return list(dict.fromkeys(values.tolist()))
+
+
+def _as_label(x: Any) -> Any:
+    """Labels as int when integral (a NaN elsewhere in the column turns them into floats)."""
+    try:
+        f = float(x)
+    except (TypeError, ValueError):
+        return x
+    return int(f) if math.isfinite(f) and f.is_integer() else x
+
+
+def summarize(df: pd.DataFrame, metric: str = "final", baseline: str | None = "supervised",
+              ddof: int = STD_DDOF) -> pd.DataFrame:
+    """Aggregate runs over seeds: one row per (method, dataset, labels), long format.
+
+    Columns: see :data:`SUMMARY_COLUMNS`. ``attrs`` carries metric, ddof, baseline,
+    ``excluded`` (status -> count of non-finished rows), ``n_excluded``,
+    ``n_duplicates`` and ``n_missing_metric`` so tables can report them.
+    """
+    key, col, _ = resolve_metric(metric)
+    required = ["method", "dataset", "labels", "seed", "status", col]
+    missing = [c for c in required if c not in df.columns]
+    if missing:
+        raise SSLZooError(f"results table lacks column(s) {missing}; it has {list(df.columns)}")
+
+    data = df[required].copy()
+    data["labels"] = data["labels"].map(_as_label)
+    data["status"] = data["status"].astype(str)
+    finished = data["status"] == "finished"
+    excluded = {str(k): int(v) for k, v in data.loc[~finished, "status"].value_counts().items()}
+    fin = data[finished]
+    n_before = len(fin)
+    fin = fin.drop_duplicates(["method", "dataset", "labels", "seed"], keep="last")
+    n_dup = n_before - len(fin)
+    values = pd.to_numeric(fin[col], errors="coerce")
+    ok = np.isfinite(values.to_numpy(dtype=float))
+    n_missing_metric = int((~ok).sum())
+    fin = fin.assign(_v=values)[ok]
+    if excluded:
+        log.info("summarize: excluded %d non-finished run(s): %s", sum(excluded.values()), excluded)
+    if n_dup:
+        log.warning("summarize: %d duplicate finished run(s) (same method/dataset/labels/seed); kept the last", n_dup)
+
+    # Every setting that appears in the input gets a row, even with no finished runs.
+    method_order = _first_appearance(data["method"])
+    dataset_order = _first_appearance(data["dataset"])
+    keys = data[["method", "dataset", "labels"]].drop_duplicates()
+    keys = keys.assign(_m=keys["method"].map(method_order.index),
+                       _d=keys["dataset"].map(dataset_order.index))
+    keys = keys.sort_values(["_m", "_d", "labels"], kind="stable")
+
+    per_seed: dict[tuple, pd.Series] = {
+        k: g.set_index("seed")["_v"] for k, g in fin.groupby(["method", "dataset", "labels"], sort=False)
+    }
+    if baseline is not None and baseline not in set(data["method"]):
+        log.warning("summarize: baseline %r not in the results; delta and p_value are NaN", baseline)
+
+    rows = []
+    for m, d, lab in keys[["method", "dataset", "labels"]].itertuples(index=False):
+        v = per_seed.get((m, d, lab), pd.Series(dtype=float))
+        n = len(v)
+        mean = float(v.mean()) if n else math.nan
+        std = float(v.std(ddof=ddof)) if n >= 2 else math.nan
+        delta, p, n_paired = math.nan, math.nan, 0
+        base = per_seed.get((baseline, d, lab)) if baseline is not None else None
+        if n and base is not None and len(base):
+            delta = mean - float(base.mean())
+            if m != baseline:
+                common = v.index.intersection(base.index)
+                n_paired = len(common)
+                p = _paired_p(v.loc[common].to_numpy(float), base.loc[common].to_numpy(float))
+        rows.append({"method": m, "dataset": d, "labels": lab, "metric": key, "mean": mean, "std": std,
+                     "n": n, "delta": delta, "p_value": p, "n_paired": n_paired, "ddof": ddof})
+    out = pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
+    out.attrs.update({"metric": key, "metric_column": col, "ddof": ddof, "baseline": baseline,
+                      "excluded": excluded, "n_excluded": sum(excluded.values()),
+                      "n_duplicates": n_dup, "n_missing_metric": n_missing_metric})
+    return out
+
+
+# ----------------------------------------------------------------------------- rendering
+
+def _escape_latex(text: str) -> str:
+    repl = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
+            "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
+    out = "".join(repl.get(ch, ch) for ch in str(text))
+    out = out.replace("±", r"$\pm$").replace("−", "$-$").replace("–", "--")
+    return out
+
+
+def _escape_md(text: str) -> str:
+    out = str(text)
+    for ch in ("\\", "|", "*", "_", "`"):
+        out = out.replace(ch, "\\" + ch)
+    return out
+
+
+def _fmt_num(x: float) -> str:
+    return f"{x + 0.0:.2f}"  # + 0.0 turns -0.0 into 0.0
+
+
+def _fmt_signed(x: float) -> str:
+    r = round(x + 0.0, 2)
+    return f"{'+' if r >= 0 else '-'}{abs(r):.2f}"
+
+
+def _modal_n(ns: list[int]) -> int | None:
+    ns = [n for n in ns if n > 0]
+    if not ns:
+        return None
+    counts = pd.Series(ns).value_counts()
+    return int(max(counts[counts == counts.max()].index))  # ties -> the larger n
+
+
+def _excluded_text(attrs: dict) -> str:
+    parts = []
+    exc = attrs.get("excluded") or {}
+    if exc:
+        parts.append("excluded (not finished): " + ", ".join(f"{v} {k}" for k, v in sorted(exc.items())))
+    if attrs.get("n_missing_metric"):
+        parts.append(f"{attrs['n_missing_metric']} finished run(s) without this metric")
+    if attrs.get("n_duplicates"):
+        parts.append(f"{attrs['n_duplicates']} duplicate run(s) dropped")
+    return ("Runs " + "; ".join(parts) + ".") if parts else "No runs excluded."
+
+
+def _caption(metric_key: str, ddof: int, n_mode: int | None, varying_n: bool, attrs: dict,
+             gains_label: str | None, baseline: str | None, kind: str = "md") -> str:
+    """One caption sentence set for every format; the CSV variant stays ASCII (Excel and UTF-8)."""
+    pm = "+/-" if kind == "csv" else "±"
+    _, _, desc = resolve_metric(metric_key)
+    std_word = {1: "sample std", 0: "population std"}.get(ddof, "std")
+    parts = [f"Test accuracy (%), {desc} [metric: {metric_key}]; mean {pm} std over seeds,"
+             f" std with ddof={ddof} ({std_word}); a single seed has no std."]
+    if n_mode is not None:
+        marked = varying_n and kind != "csv"
+        parts.append(f"n = {n_mode} seeds per cell" + (" unless marked (n=k)." if marked else "."))
+    parts.append("Columns: data set (number of labeled samples).")
+    if kind != "csv":
+        parts.append("Best mean per column in bold.")
+    if gains_label:
+        parts.append(f"'{gains_label}': best mean minus the {baseline} mean in that column.")
+    parts.append(_excluded_text(attrs))
+    return " ".join(parts)
+
+
+def render_table(summary: pd.DataFrame, fmt: str = "md", methods_order: Sequence[str] | None = None,
+                 baseline: str | None = "supervised", gains: bool = False,
+                 metric: str | None = None) -> str:
+    """Render the paper's Table-2 layout: rows = methods, columns = data set x label count.
+
+    * ``metric=None`` uses the summary's metric (it must hold just one); a name filters.
+    * ``methods_order`` selects *and* orders rows; a listed method without results
+      gets a row of "–" (logged), unlisted methods are left out. Default: order of
+      first appearance.
+    * Cells are ``mean±std`` (2 decimals); ``(n=k)`` is appended where k differs from
+      the most common seed count in the table; the best mean per column (ties at 2
+      decimals included, only when >= 2 methods have a value) is bold.
+    * ``gains=True`` adds one last row, ``Gain over <baseline>``: the best non-baseline
+      mean minus the baseline mean, per column, as papers print the improvement of
+      their method over the supervised baseline. Per-method deltas and p-values are in
+      :func:`comparison_csv`.
+    * ``fmt="csv"`` is wide and numeric for spreadsheets: first line is the caption as a
+      ``# ...`` comment (read with ``pd.read_csv(path, skiprows=1)``), then ``method``
+      and three columns per setting, ``<dataset>/<labels>/mean|std|n``; no bold.
+    """
+    kind = _FORMATS.get(str(fmt).lower())
+    if kind is None:
+        raise SSLZooError(f"unknown table format {fmt!r}; expected md, csv or latex")
+    attrs = dict(summary.attrs)
+    missing = [c for c in ("method", "dataset", "labels", "mean", "std", "n") if c not in summary.columns]
+    if missing:
+        raise SSLZooError(f"summary lacks column(s) {missing}; build it with summarize()")
+    s = summary
+    if "metric" in s.columns:
+        present = _first_appearance(s["metric"])
+        if metric is None:
+            if len(present) > 1:
+                raise SSLZooError(f"summary holds several metrics {present}; pass metric=")
+            metric_key = present[0] if present else attrs.get("metric", "final")
+        else:
+            metric_key = resolve_metric(metric)[0]
+            s = s[s["metric"] == metric_key]
+    else:
+        metric_key = resolve_metric(metric or attrs.get("metric", "final"))[0]
+    ddof = int(s["ddof"].iloc[0]) if "ddof" in s.columns and len(s) else int(attrs.get("ddof", STD_DDOF))
+
+    if methods_order is None:
+        methods = _first_appearance(s["method"])
+    else:
+        methods = list(dict.fromkeys(methods_order))
+        absent = [m for m in methods if m not in set(s["method"])]
+        if absent:
+            log.warning("render_table: no results for method(s) %s; their rows show '%s'", absent, MISSING)
+    # columns: settings in which at least one shown method has a summary row (even n=0)
+    cols_src = s[s["method"].isin(methods)]
+    datasets = _first_appearance(cols_src["dataset"])
+    settings = sorted({(d, _as_label(lab)) for d, lab in zip(cols_src["dataset"], cols_src["labels"])},
+                      key=lambda t: (datasets.index(t[0]), t[1]))
+
+    cells: dict[tuple, tuple[float, float, int]] = {}
+    for r in s.itertuples(index=False):
+        cells[(r.method, r.dataset, _as_label(r.labels))] = (float(r.mean), float(r.std), int(r.n))
+    shown = {k: v for k, v in cells.items() if k[0] in methods and v[2] > 0 and math.isfinite(v[0])}
+    n_mode = _modal_n([v[2] for v in shown.values()])
+    varying_n = len({v[2] for v in shown.values()}) > 1
+
+    best: dict[tuple, float] = {}
+    for st in settings:
+        vals = [round(shown[(m, *st)][0], 2) for m in methods if (m, *st) in shown]
+        if len(vals) >= 2:
+            best[st] = max(vals)
+
+    gains_row: list[float] | None = None
+    gains_label = None
+    if gains:
+        if baseline is None or baseline not in set(s["method"]):
+            log.warning("render_table: gains=True but baseline %r has no results; no gains row", baseline)
+        else:
+            gains_label = f"Gain over {baseline}"
+            gains_row = []
+            for st in settings:
+                b = cells.get((baseline, *st))
+                others = [cells[k][0] for k in cells
+                          if k[1:] == st and k[0] != baseline and k[0] in methods and cells[k][2] > 0 and math.isfinite(cells[k][0])]
+                ok = b is not None and b[2] > 0 and math.isfinite(b[0]) and others
+                gains_row.append(max(others) - b[0] if ok else math.nan)
+
+    caption = _caption(metric_key, ddof, n_mode, varying_n, attrs, gains_label, baseline, kind)
+
+    def cell_text(m: str, st: tuple, pm: str) -> tuple[str, bool]:
+        v = shown.get((m, *st))
+        if v is None:
+            return MISSING, False
+        mean, std, n = v
+        txt = _fmt_num(mean) if not math.isfinite(std) else f"{_fmt_num(mean)}{pm}{_fmt_num(std)}"
+        if varying_n and n != n_mode:
+            txt += f" (n={n})"
+        return txt, st in best and round(mean, 2) == best[st]
+
+    if kind == "csv":
+        return _render_csv(caption, methods, settings, shown, gains_label, gains_row)
+    if kind == "md":
+        return _render_md(caption, methods, settings, cell_text, gains_label, gains_row)
+    return _render_latex(caption, metric_key, methods, settings, datasets, cell_text, gains_label, gains_row)
+
+
+def _render_md(caption, methods, settings, cell_text, gains_label, gains_row) -> str:
+    header = ["Method"] + [f"{_escape_md(d)} ({lab})" for d, lab in settings]
+    lines = [f"*{caption}*", "", "| " + " | ".join(header) + " |",
+             "|" + "|".join([":---"] + [":---:"] * len(settings)) + "|"]
+    for m in methods:
+        row = [_escape_md(m)]
+        for st in settings:
+            txt, bold = cell_text(m, st, "±")
+            row.append(f"**{txt}**" if bold else txt)
+        lines.append("| " + " | ".join(row) + " |")
+    if gains_row is not None:
+        row = [_escape_md(gains_label)] + [_fmt_signed(g) if math.isfinite(g) else MISSING for g in gains_row]
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _render_latex(caption, metric_key, methods, settings, datasets, cell_text, gains_label, gains_row) -> str:
+    ncol = len(settings)
+
+    def row_start(text: str) -> str:
+        esc = _escape_latex(text)
+        return "{}" + esc if esc.startswith("[") else esc  # a leading [ would be read as \\[...]
+
+    groups = [(d, sum(1 for st in settings if st[0] == d)) for d in datasets]
+    groups = [g for g in groups if g[1]]
+    lines = ["% requires \\usepackage{booktabs}", "\\begin{table}[t]", "\\centering",
+             f"\\caption{{{_escape_latex(caption)}}}", f"\\label{{tab:sslzoo-{metric_key}}}",
+             "\\begin{tabular}{l" + "c" * ncol + "}", "\\toprule"]
+    lines.append(" & " + " & ".join(f"\\multicolumn{{{k}}}{{c}}{{{_escape_latex(d)}}}" for d, k in groups) + " \\\\")
+    col, rules = 2, []
+    for _, k in groups:
+        rules.append(f"\\cmidrule(lr){{{col}-{col + k - 1}}}")
+        col += k
+    lines.append(" ".join(rules))
+    lines.append("Method & " + " & ".join(str(lab) for _, lab in settings) + " \\\\")
+    lines.append("\\midrule")
+    for m in methods:
+        row = [row_start(m)]
+        for st in settings:
+            txt, bold = cell_text(m, st, "±")
+            txt = _escape_latex(txt)
+            row.append(f"\\textbf{{{txt}}}" if bold else txt)
+        lines.append(" & ".join(row) + " \\\\")
+    if gains_row is not None:
+        lines.append("\\midrule")
+        row = [row_start(gains_label)] + [_escape_latex(_fmt_signed(g)) if math.isfinite(g) else "--"
+                                          for g in gains_row]
+        lines.append(" & ".join(row) + " \\\\")
+    lines += ["\\bottomrule", "\\end{tabular}", "\\end{table}"]
+    return "\n".join(lines) + "\n"
+
+
+def _num(x: float, nd: int = 4) -> str:
+    return "" if x is None or not math.isfinite(x) else repr(round(float(x) + 0.0, nd))
+
+
+def _render_csv(caption, methods, settings, shown, gains_label, gains_row) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["# " + caption])
+    header = ["method"]
+    for d, lab in settings:
+        header += [f"{d}/{lab}/mean", f"{d}/{lab}/std", f"{d}/{lab}/n"]
+    w.writerow(header)
+    for m in methods:
+        row = [m]
+        for st in settings:
+            v = shown.get((m, *st))
+            row += ["", "", ""] if v is None else [_num(v[0]), _num(v[1]), str(v[2])]
+        w.writerow(row)
+    if gains_row is not None:
+        row = [gains_label]
+        for g in gains_row:
+            row += [_num(g), "", ""]
+        w.writerow(row)
+    return buf.getvalue()
+
+
+def comparison_csv(summary: pd.DataFrame) -> str:
+    """Long-format CSV of the summary (one row per method x setting), full precision."""
+    cols = [c for c in COMPARISON_COLUMNS if c in summary.columns]
+    return summary[cols].to_csv(index=False, lineterminator="\n")
+
+
+def _atomic_write(path: Path, text: str) -> Path:
+    """Write via a temp file in the same directory + os.replace: readers never see half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    return path
+
+
+def write_tables(df: pd.DataFrame, out_dir: str | os.PathLike, metric: str = "final",
+                 methods_order: Sequence[str] | None = None, baseline: str | None = "supervised",
+                 gains: bool = False, ddof: int = STD_DDOF) -> dict[str, Path]:
+    """Summarize ``df`` and write table.md/.csv/.tex and comparison.csv (UTF-8, atomically).
+
+    Returns ``{"md": ..., "csv": ..., "tex": ..., "comparison": ...}``.
+    """
+    out = Path(out_dir)
+    summary = summarize(df, metric=metric, baseline=baseline, ddof=ddof)
+    kw = dict(methods_order=methods_order, baseline=baseline, gains=gains)
+    texts = {
+        "md": ("table.md", render_table(summary, "md", **kw)),
+        "csv": ("table.csv", render_table(summary, "csv", **kw)),
+        "tex": ("table.tex", render_table(summary, "latex", **kw)),
+        "comparison": ("comparison.csv", comparison_csv(summary)),
+    }
+    paths = {k: _atomic_write(out / name, text) for k, (name, text) in texts.items()}
+    if summary.attrs.get("n_excluded"):
+        log.info("write_tables: %s", _excluded_text(summary.attrs))
+    return paths
+
+
+__all__ = ["METRICS", "METRIC_ALIASES", "STD_DDOF", "SUMMARY_COLUMNS", "resolve_metric", "summarize",
+           "render_table", "comparison_csv", "write_tables"]

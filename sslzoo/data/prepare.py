@@ -37,7 +37,7 @@ def prepare(cfg: dict[str, Any]) -> RunData:
     size = bundle.image_size
     split = make_split(bundle.train.labels, cfg["labels"], cfg["seed"], num_classes=bundle.num_classes,
                        protocol=cfg["split"], val_per_class=cfg["val_per_class"], class_names=bundle.classes)
-    assert_disjoint(split, len(bundle.train))
+    assert_disjoint(split, len(bundle.train), bundle.train.ids, bundle.test.ids)
     unlabeled = bundle.train.subset(split.unlabeled)
     if cfg["unlabeled_extra"]:
         extra = load_bundle(cfg["unlabeled_extra"], cfg["unlabeled_extra_root"], size, {})
@@ -57,8 +57,13 @@ def prepare(cfg: dict[str, Any]) -> RunData:
                    bundle.train.subset(split.val) if len(split.val) else None, test, test_name, bundle.classes)
 
 
-def assert_disjoint(split: Split, n_train: int) -> None:
-    """No image is in two of labeled / unlabeled / validation; test data is a separate split."""
+def assert_disjoint(split: Split, n_train: int, train_ids: list[str] | None = None,
+                    test_ids: list[str] | None = None) -> None:
+    """No evaluation data reaches training: labeled, unlabeled, validation and test are disjoint.
+
+    Checked when every run starts, for every data set (a loader bug that put a test image
+    in the training split would otherwise silently inflate every number).
+    """
     parts = {"labeled": split.labeled, "unlabeled": split.unlabeled, "val": split.val}
     seen = np.zeros(n_train, dtype=np.int64)
     for idx in parts.values():
@@ -66,3 +71,8 @@ def assert_disjoint(split: Split, n_train: int) -> None:
     if (seen > 1).any():
         raise AssertionError(f"Split is not disjoint: {int((seen > 1).sum())} images are in more than one "
                              f"of labeled/unlabeled/val.")
+    if train_ids is not None and test_ids is not None:
+        shared = set(train_ids) & set(test_ids)
+        if shared:
+            raise AssertionError(f"{len(shared)} image ids are in both the training and the test split "
+                                 f"(e.g. {sorted(shared)[:3]}); the data set's loader is wrong.")

@@ -1,0 +1,78 @@
+"""FreeMatch (Wang et al., ICLR 2023): self-adaptive thresholds (SAT) + self-adaptive fairness (SAF).
+
+    q = softmax(f(weak(u)))                                       (no gradient)
+    w_b = 1[max q_b >= MaxNorm(p~_t)(argmax q_b) * tau_t]         policy "freematch" (SAT)
+    L_u = 1/(mu B) * sum_b w_b * CE(argmax q_b, f(strong(u_b)))
+    L_f = -H( SumNorm(p~_t / h~_t), SumNorm(p_bar / h_bar) )      SAF, Eq. (9)
+    L = L_s + lambda_u * L_u + lambda_f * L_f
+
+p~_t, h~_t: the policy's EMAs of the mean prediction and of the pseudo-label histogram;
+p_bar, h_bar: mean prediction and normalized argmax histogram of the STRONG view over the
+selected samples (w > 0) of this batch. H(a, b) = -sum a log b, so L_f = sum a log b, as
+printed in the paper and implemented by USB (``entropy_loss``); the histogram ratios are
+constants (no gradient), classes absent from h_bar get scale 0 (USB's inf -> 0). With no
+selected sample L_f = 0.
+
+lambda_f = 0.01: USB's default (``ent_loss_ratio``); USB's per-benchmark CIFAR/STL
+configs use 0.001. L_f is computed per process (not gathered), as in USB.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from sslzoo.algorithm import (Batch, ForwardOutput, PolicyInput, StepContext, StepOutput, masked_ce,
+                              pseudo_label_stats, supervised_ce)
+from sslzoo.errors import SSLZooError
+from sslzoo.policies.freematch import FreeMatchThreshold
+from sslzoo.registry import register_algorithm
+
+from .fixmatch import FixMatch
+
+
+def _inverse_or_zero(x: Tensor) -> Tensor:
+    return torch.where(x > 0, 1.0 / x.clamp_min(1e-12), torch.zeros_like(x))
+
+
+def fairness_loss(logits_strong: Tensor, selected: Tensor, class_mean: Tensor, label_hist: Tensor) -> Tensor:
+    """SAF, Eq. (9): -H(SumNorm(p~/h~), SumNorm(p_bar/h_bar)) over the selected strong-view predictions."""
+    if not bool(selected.any()):
+        return logits_strong.sum() * 0.0
+    probs = torch.softmax(logits_strong[selected].float(), dim=-1)
+    num_classes = probs.shape[-1]
+    hist = torch.bincount(probs.argmax(dim=-1), minlength=num_classes).float()
+    hist = hist / hist.sum()
+    target = class_mean.float() * _inverse_or_zero(label_hist.float())
+    target = target / target.sum()
+    mean = probs.mean(dim=0) * _inverse_or_zero(hist)
+    mean = mean / mean.sum()
+    return (target.detach() * torch.log(mean + 1e-12)).sum()
+
+
+@register_algorithm("freematch")
+class FreeMatch(FixMatch):
+    """FreeMatch: self-adaptive global/class thresholds (EMAs of confidence) plus a class-fairness term."""
+
+    name = "freematch"
+    default_policy = "freematch"
+
+    def __init__(self, num_classes: int, policy=None, lambda_u: float = 1.0, lambda_f: float = 0.01,
+                 temperature: float = 1.0, unsup_norm: str = "batch"):
+        super().__init__(num_classes, policy, lambda_u=lambda_u, temperature=temperature, unsup_norm=unsup_norm)
+        self.lambda_f = lambda_f
+        if lambda_f and policy is not None and not isinstance(policy, FreeMatchThreshold):
+            raise SSLZooError(f"FreeMatch's fairness term reads the 'freematch' policy's EMAs, but the policy is "
+                              f"'{policy.name}'. Use --set policy=freematch, or drop the term with "
+                              f"--set freematch.lambda_f=0.")
+
+    def losses(self, out: ForwardOutput, batch: Batch, ctx: StepContext) -> StepOutput:
+        sup, sup_per_sample = supervised_ce(out.logits_l, batch.y_l)
+        logits_weak, logits_strong = out.u_logits
+        q = torch.softmax(logits_weak.detach().float() / self.temperature, dim=-1)
+        pseudo = q.argmax(dim=-1)
+        w = self.policy(PolicyInput(q, batch.u_index, sup_per_sample), ctx)
+        terms = {"sup": sup, "unsup": self.lambda_u * masked_ce(logits_strong, pseudo, w, self.unsup_norm)}
+        if self.lambda_f:
+            terms["fairness"] = self.lambda_f * fairness_loss(logits_strong, w > 0, self.policy.class_mean,
+                                                              self.policy.label_hist)
+        return StepOutput(terms, pseudo_label_stats(w, pseudo, batch.u_true))

@@ -1,0 +1,117 @@
+"""Dash's dynamic thresholding (Xu et al., ICML 2021).
+
+A sample is trusted when its weak-view loss against its own hard pseudo-label,
+l = CE(p, argmax p) = -log max p, is at most rho_t:
+
+    rho_t = max(C * gamma^-(t-1) * rho_hat, rho_min),   C = 1.0001, gamma = 1.27, rho_min = 0.05
+    t     = 1 + (step - W) // num_wait                     (t = 1 at the end of warm-up)
+    w     = 1[-log max p <= rho_t]
+
+Warm-up (the paper's first stage): during the first W steps no unlabeled sample is
+trusted (supervised-only training, as USB's warm-up), and rho_hat is the mean
+per-sample supervised cross-entropy of every labeled TRAINING batch seen in those
+steps (``PolicyInput.labeled_loss``). It never looks at test or validation data;
+USB instead takes the loss of its evaluation set after the warm-up.
+
+Defaults and conventions:
+  * C, gamma, rho_min: the paper's and USB's values.
+  * ``warmup=0.05``: W = 5% of the training steps (at least 1). USB warms up for
+    2048 of 2^20 steps; at the short schedules of this zoo that would be a handful of
+    steps, too few to train the model before estimating its labeled loss.
+  * ``num_wait=0`` (auto): rho is lowered every 1% of the training steps, the
+    proportion USB uses (every 10 epochs of 1024 iterations out of 1024 epochs);
+    a positive value is a number of steps.
+  * hard pseudo-labels (the paper's FixMatch pipeline); USB's Dash uses soft
+    targets sharpened with T = 0.5 until rho reaches rho_min.
+  * ``<=`` as USB (``loss.le(rho)``); the paper's "smaller than" differs only on ties.
+
+Distributed: the warm-up loss sums and counts are all-reduced, so rho_hat is the mean
+over the labeled batches of every process.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from ..algorithm import PolicyInput, StepContext, ThresholdPolicy
+from ..registry import register_policy
+
+
+def dash_rho(t: int, rho_hat: float, C: float = 1.0001, gamma: float = 1.27, rho_min: float = 0.05) -> float:
+    """rho_t = max(C * gamma^-(t-1) * rho_hat, rho_min) for stage t >= 1."""
+    return max(C * gamma ** -(t - 1) * rho_hat, rho_min)
+
+
+def self_loss(probs: Tensor) -> Tensor:
+    """Per-sample CE of a prediction against its own hard pseudo-label: -log max p."""
+    return -torch.log(probs.max(dim=-1).values.clamp_min(1e-12))
+
+
+@register_policy("dash")
+class DashThreshold(ThresholdPolicy):
+    """Dash: trust samples whose own-pseudo-label loss is below a geometrically decreasing threshold."""
+
+    name = "dash"
+    spec_arg = "rho_min"
+
+    def __init__(self, C: float = 1.0001, gamma: float = 1.27, rho_min: float = 0.05, warmup: float = 0.05,
+                 num_wait: int = 0):
+        if gamma <= 1 or C <= 0 or rho_min < 0:
+            raise ValueError(f"Dash needs gamma > 1, C > 0 and rho_min >= 0; got gamma={gamma}, C={C}, "
+                             f"rho_min={rho_min}")
+        if not 0.0 <= float(warmup) < 1.0 or int(num_wait) < 0:
+            raise ValueError(f"Dash needs 0 <= warmup < 1 (a fraction of training) and num_wait >= 0; "
+                             f"got warmup={warmup}, num_wait={num_wait}")
+        self.C, self.gamma, self.rho_min = float(C), float(gamma), float(rho_min)
+        self.warmup, self.num_wait = float(warmup), int(num_wait)
+        self.loss_sum = torch.zeros((), dtype=torch.float64)     # warm-up labeled loss, summed
+        self.loss_count = torch.zeros((), dtype=torch.float64)
+        self.rho = torch.tensor(float("nan"))                     # rho in force at the latest step (logging)
+
+    # -- schedule ---------------------------------------------------------------------
+    def warmup_steps(self, total_steps: int) -> int:
+        return max(1, round(self.warmup * total_steps))
+
+    def wait_steps(self, total_steps: int) -> int:
+        return self.num_wait if self.num_wait > 0 else max(1, round(0.01 * total_steps))
+
+    def stage(self, step: int, total_steps: int) -> int:
+        """t >= 1 after warm-up (0 during warm-up)."""
+        w = self.warmup_steps(total_steps)
+        return 0 if step < w else 1 + (step - w) // self.wait_steps(total_steps)
+
+    @property
+    def rho_hat(self) -> float:
+        return float(self.loss_sum / self.loss_count) if float(self.loss_count) > 0 else float("nan")
+
+    def rho_at(self, step: int, total_steps: int) -> float:
+        t = self.stage(step, total_steps)
+        return float("nan") if t == 0 else dash_rho(t, self.rho_hat, self.C, self.gamma, self.rho_min)
+
+    # -- policy -------------------------------------------------------------------------
+    def weights(self, inp: PolicyInput, ctx: StepContext) -> Tensor:
+        if self.stage(ctx.step, ctx.total_steps) == 0:
+            return inp.probs.new_zeros(inp.probs.shape[0])
+        if not float(self.loss_count) > 0:
+            raise ValueError("Dash reached the end of its warm-up without a labeled loss; the algorithm "
+                             "must pass PolicyInput.labeled_loss.")
+        return (self_loss(inp.probs) <= self.rho_at(ctx.step, ctx.total_steps)).float()
+
+    def update(self, inp: PolicyInput, ctx: StepContext) -> None:
+        if self.stage(ctx.step, ctx.total_steps) == 0:
+            if inp.labeled_loss is None:
+                raise ValueError("The dash policy estimates rho_hat from PolicyInput.labeled_loss "
+                                 "(per-sample supervised CE), which this algorithm does not pass.")
+            loss = inp.labeled_loss.detach().double()
+            total = ctx.dist.all_reduce(torch.stack([loss.sum(), loss.new_tensor(float(loss.numel()))]))
+            self.loss_sum = self.loss_sum + total[0].to(self.loss_sum.device)
+            self.loss_count = self.loss_count + total[1].to(self.loss_count.device)
+            self.rho = torch.tensor(float("nan"))
+        else:
+            self.rho = torch.tensor(self.rho_at(ctx.step, ctx.total_steps))
+
+    def extra_stats(self) -> dict[str, float]:
+        stats = {"dash_rho": float(self.rho), "dash_rho_hat": self.rho_hat}
+        return {k: v for k, v in stats.items() if math.isfinite(v)}   # nothing to report during warm-up

@@ -1,0 +1,228 @@
+"""ReMixMatch (Berthelot et al., ICLR 2020): distribution alignment + augmentation anchoring.
+
+    p     = softmax(f(weak(u)))                                  (no gradient)
+    p~    = mean of the batch-mean p over the last ``da_window`` steps   (running p_model)
+    p_DA  = Normalize(p * (p(y) + eps) / (p~ + eps))             distribution alignment, p(y) =
+                                                                 the labeled class distribution
+    q     = Sharpen(p_DA, T),  T = 0.5                           (the anchor's guessed label)
+    U^    = (strong_k(u), q) for k = 1..K, plus (weak(u), q);  X^ = (x, onehot(y))
+    (X', U') = MixUp of Concat(X^, U^) with a shuffled copy,  lambda' = max(lambda, 1-lambda),
+               lambda ~ Beta(0.75, 0.75)
+    L_X   = CE(mixed targets, f(X'))                            soft-target cross-entropy
+    L_U   = CE(mixed targets, f(U'))
+    L_U1  = CE(q, f(strong_1(u)))                               the first strong view, not mixed
+    L_rot = CE(r, g(h(rot_r(strong_1(u))))),  r ~ U{0, 90, 180, 270}   rotation head g on features h
+    L = L_X + r(t) (1.5 L_U + 0.5 L_U1) + 0.5 L_rot,  r(t) linear ramp over ``unsup_warmup``
+
+Choices, and what they follow:
+  * K = 2 strong views (the paper uses 8) to keep CPU cost down; ``--set remixmatch.K=8``.
+  * The weak view joins the MixUp pool, as in the official code (``y_in[:, 0]`` is mixed
+    with the K strong views) and USB.
+  * Distribution alignment: the paper's and official code's moving average over the last
+    128 batches (``da_window``; ``configs/algorithms/remixmatch.yaml`` uses 32 for short
+    runs); the current batch is included before aligning, as USB does (so step 0 is
+    aligned by its own mean). Under DDP the batch means are averaged over ranks. p(y) is
+    the labeled set's class distribution (USB's ``p_target_type='gt'``), read once from
+    the labeled set at the first epoch start; ``da_target="uniform"`` uses 1/C.
+  * Ramp: linear on L_U and L_U1 only (official code and USB), over 1/64 of training
+    (the official ``warmup_kimg=1024`` of 65,536 kimg; USB's default).
+  * Rotation: a random rotation per sample of the first strong view (USB); the head is a
+    Linear(feature_dim, 4) on the backbone's (logits, FEATURES) output. Its input width
+    is found at the first step (a lazy layer: the algorithm is built before the model and
+    is not told its feature width); under DDP every rank then adopts rank 0's weights.
+  * MixUp lambda per pair (``mixup_per_sample``), like MixMatch here; USB: one per batch.
+  * Passes: one label-guess pass (no gradient, batch-norm statistics frozen), then, in
+    ``forward_mode="concat"``, ONE gradient pass over the mixed batch, the unmixed first
+    strong view and the rotated view; ``"separate"`` interleaves like USB and runs the
+    extra inputs with frozen statistics.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from sslzoo.algorithm import Batch, EpochContext, SSLAlgorithm, StepContext, StepOutput, pseudo_label_stats
+from sslzoo.mixup import frozen_bn_stats, mixed_forward, mixup, sharpen
+from sslzoo.ramps import check_ramp, warmup_factor
+from sslzoo.registry import register_algorithm
+
+from .mixmatch import soft_ce
+
+DA_EPS = 1e-6
+
+
+class DistributionAlignment:
+    """Running p_model (mean over the last ``window`` steps of the batch-mean prediction) and p_target.
+
+    All state lives in tensors so a checkpoint restores it exactly.
+    """
+
+    def __init__(self, num_classes: int, window: int):
+        self.num_classes, self.window = num_classes, window
+        self.history = torch.zeros(window, num_classes)          # ring buffer of batch means
+        self.count = torch.zeros((), dtype=torch.long)           # batches pushed so far
+        self.p_target = torch.full((num_classes,), 1.0 / num_classes)
+        self.target_set = torch.zeros((), dtype=torch.bool)      # p_target read from the labeled set?
+
+    def to(self, device: torch.device) -> "DistributionAlignment":
+        for key in ("history", "count", "p_target", "target_set"):
+            setattr(self, key, getattr(self, key).to(device))
+        return self
+
+    def set_target(self, labels: Tensor) -> None:
+        counts = torch.bincount(labels.long().cpu(), minlength=self.num_classes).float()
+        self.p_target = (counts / counts.sum().clamp_min(1.0)).to(self.p_target.device)
+        self.target_set = torch.ones((), dtype=torch.bool, device=self.p_target.device)
+
+    @torch.no_grad()
+    def push(self, batch_mean: Tensor) -> None:
+        slot = int(self.count.item()) % self.window
+        self.history[slot] = batch_mean.to(self.history)
+        self.count += 1
+
+    def p_model(self) -> Tensor:
+        filled = int(min(self.count.item(), self.window))
+        if filled == 0:
+            return torch.full_like(self.p_target, 1.0 / self.num_classes)
+        return self.history[:filled].mean(dim=0)
+
+    @torch.no_grad()
+    def __call__(self, probs: Tensor, batch_mean: Tensor | None = None) -> Tensor:
+        """Push this batch's mean (``batch_mean`` if given, e.g. averaged over ranks), then align ``probs``."""
+        self.push(probs.float().mean(dim=0) if batch_mean is None else batch_mean)
+        return self.align(probs)
+
+    def align(self, probs: Tensor) -> Tensor:
+        ratio = (self.p_target.to(probs) + DA_EPS) / (self.p_model().to(probs) + DA_EPS)
+        aligned = probs * ratio
+        return aligned / aligned.sum(dim=-1, keepdim=True)
+
+    def state_dict(self) -> dict[str, Tensor]:
+        return {"history": self.history, "count": self.count, "p_target": self.p_target,
+                "target_set": self.target_set}
+
+    def load_state_dict(self, state: dict[str, Tensor]) -> None:
+        for key, value in state.items():
+            current = getattr(self, key)
+            setattr(self, key, value.to(current.device, current.dtype).clone())
+
+
+def rotate_batch(x: Tensor, quarter_turns: Tensor) -> Tensor:
+    """Rotate each [C, H, W] image by quarter_turns[i] * 90 degrees (square images)."""
+    if x.shape[-1] != x.shape[-2]:
+        raise ValueError(f"rotation self-supervision needs square images; got {tuple(x.shape[-2:])}")
+    out = x.clone()
+    turns = quarter_turns.to(x.device)
+    for k in range(1, 4):   # four angles, not a loop over samples
+        idx = (turns == k).nonzero(as_tuple=True)[0]
+        if idx.numel():
+            out[idx] = torch.rot90(x[idx], k, dims=(-2, -1))
+    return out
+
+
+@register_algorithm("remixmatch")
+class ReMixMatch(SSLAlgorithm):
+    """ReMixMatch: aligned, sharpened weak guesses anchor K strong views; MixUp; rotation head."""
+
+    name = "remixmatch"
+    unlabeled_views = ("weak", "strong", "strong")   # weak anchor + K strong views (K=2 by default)
+    default_policy = None
+    uses_policy = False
+
+    def __init__(self, num_classes: int, policy=None, lambda_u: float = 1.5, lambda_u1: float = 0.5,
+                 lambda_rot: float = 0.5, T: float = 0.5, K: int = 2, mixup_alpha: float = 0.75,
+                 unsup_warmup: float = 1 / 64, da_window: int = 128, da_target: str = "labeled",
+                 mixup_per_sample: bool = True):
+        super().__init__(num_classes, policy)
+        if K < 1:
+            raise ValueError(f"K (strong views per unlabeled image) must be >= 1; got {K}")
+        if T <= 0:
+            raise ValueError(f"T (sharpening temperature) must be > 0; got {T}")
+        if da_window < 1:
+            raise ValueError(f"da_window (steps in the running p_model) must be >= 1; got {da_window}")
+        if da_target not in ("labeled", "uniform"):
+            raise ValueError(f"da_target must be 'labeled' or 'uniform'; got {da_target!r}")
+        if unsup_warmup < 0:
+            raise ValueError(f"unsup_warmup is a fraction of training >= 0; got {unsup_warmup}")
+        self.lambda_u, self.lambda_u1, self.lambda_rot = lambda_u, lambda_u1, lambda_rot
+        self.T, self.K, self.mixup_alpha, self.unsup_warmup = T, K, mixup_alpha, unsup_warmup
+        self.da_target, self.mixup_per_sample = da_target, mixup_per_sample
+        self.rampup = check_ramp("linear")
+        self.unlabeled_views = ("weak",) + ("strong",) * K
+        self.da = DistributionAlignment(num_classes, da_window)
+        heads = {"rot": nn.LazyLinear(4)} if lambda_rot > 0 else {}
+        self._modules_dict = nn.ModuleDict(heads)
+
+    # -- hooks ------------------------------------------------------------------------
+    def extra_modules(self) -> nn.ModuleDict:
+        return self._modules_dict
+
+    def setup(self, num_unlabeled: int, device: torch.device) -> None:
+        super().setup(num_unlabeled, device)
+        self.da.to(device)
+
+    def on_epoch_start(self, ctx: EpochContext) -> None:
+        """Read p(y) from the labeled set once (USB's 'gt' target); it is then part of the state."""
+        if self.da_target == "labeled" and not bool(self.da.target_set) and ctx.labeled_predictions is not None:
+            _, labels = ctx.labeled_predictions("plain")
+            self.da.set_target(labels)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "da": self.da.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        if "da" in state:
+            self.da.load_state_dict(state["da"])
+
+    # -- the step -----------------------------------------------------------------------
+    def unsup_ramp(self, ctx: StepContext) -> float:
+        return warmup_factor(self.rampup, ctx.step, ctx.total_steps, self.unsup_warmup)
+
+    @torch.no_grad()
+    def guess(self, model: nn.Module, weak: Tensor, ctx: StepContext) -> tuple[Tensor, Tensor]:
+        """(q = Sharpen(DA(p)), p) for the weak view; one pass with frozen BN statistics."""
+        with frozen_bn_stats(model):
+            logits = model(weak)[0]
+        p = torch.softmax(logits.float(), dim=-1)
+        batch_mean = ctx.dist.all_reduce(p.mean(dim=0), op="mean")
+        return sharpen(self.da(p, batch_mean), self.T), p
+
+    def _rotation_head(self, feats: Tensor, ctx: StepContext) -> Tensor:
+        """The rotation logits; at the first call the lazy head takes its width from ``feats`` and,
+        under DDP, every rank then takes rank 0's initial weights (as DDP does for the backbone)."""
+        head = self._modules_dict["rot"]
+        if isinstance(head, nn.modules.lazy.LazyModuleMixin) and head.has_uninitialized_params():
+            with torch.no_grad():
+                head(feats[:1])
+            ctx.dist.broadcast_(list(head.parameters()))
+        return head(feats)
+
+    def step(self, model: nn.Module, batch: Batch, ctx: StepContext) -> StepOutput:
+        weak, *strong = batch.u_views
+        q, p = self.guess(model, weak, ctx)
+        n_l, n_u = batch.num_labeled, weak.shape[0]
+        inputs = torch.cat([batch.x_l, *strong, weak])
+        targets = torch.cat([F.one_hot(batch.y_l, self.num_classes).float(), q.repeat(len(strong) + 1, 1)])
+        mixed_x, mixed_y, _, _ = mixup(inputs, targets, self.mixup_alpha, self.mixup_per_sample)
+        extra = [strong[0]]
+        use_rot = self.lambda_rot > 0
+        if use_rot:
+            turns = torch.randint(0, 4, (n_u,))
+            extra.append(rotate_batch(strong[0], turns))
+        logits, _, extra_out = mixed_forward(model, mixed_x, n_l, ctx.forward_mode, extra)
+        ramp = self.unsup_ramp(ctx)
+        losses = {
+            "sup": soft_ce(logits[:n_l], mixed_y[:n_l]),
+            "unsup": self.lambda_u * ramp * soft_ce(logits[n_l:], mixed_y[n_l:]),
+            "anchor": self.lambda_u1 * ramp * soft_ce(extra_out[0][0], q),
+        }
+        if use_rot:
+            rot_logits = self._rotation_head(extra_out[1][1].float(), ctx)
+            losses["rot"] = self.lambda_rot * F.cross_entropy(rot_logits, turns.to(rot_logits.device))
+        pseudo = p.argmax(dim=-1)
+        stats = pseudo_label_stats(torch.ones_like(pseudo, dtype=torch.float32), pseudo, batch.u_true)
+        return StepOutput(losses, stats)

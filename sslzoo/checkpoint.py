@@ -5,7 +5,9 @@ Everything is stored as tensors, numbers, strings, lists and dicts, so
 """
 from __future__ import annotations
 
+import pickle
 import random
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +40,7 @@ def set_rng_state(state: dict[str, Any]) -> None:
     n = state["numpy"]
     np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"]))
     torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
+    if "cuda" in state and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
@@ -52,11 +54,18 @@ def load(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise SSLZooError(f"No checkpoint at '{path}' to resume from (run without --resume to start fresh).")
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - truncated/foreign files: a clear message, not torch internals
-        raise SSLZooError(f"Checkpoint '{path}' could not be read ({type(exc).__name__}: "
-                          f"{str(exc).splitlines()[0][:160]}). It may be truncated or not an sslzoo "
-                          f"checkpoint; delete it to start the run afresh.") from None
+        with warnings.catch_warnings():   # torch's notes about foreign pickles: we explain those ourselves
+            warnings.simplefilter("ignore", UserWarning)
+            payload = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise SSLZooError(f"'{path}' holds Python objects that a safe load (torch.load with "
+                          f"weights_only=True) refuses to run, so it is not an sslzoo checkpoint; "
+                          f"delete it (or choose another --out) to start the run afresh.") from None
+    except Exception as exc:  # noqa: BLE001 - truncated/corrupt files: a clear message, not torch internals
+        first = (str(exc).splitlines() or [""])[0][:120]
+        raise SSLZooError(f"Checkpoint '{path}' could not be read ({type(exc).__name__}"
+                          f"{': ' + first if first else ''}); it is truncated, corrupt or not an sslzoo "
+                          f"checkpoint. Delete it to start the run afresh.") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise SSLZooError(f"'{path}' is not an sslzoo checkpoint (expected format '{FORMAT}').")
     return payload

@@ -80,25 +80,37 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    import os
     from .config import resolve
     from .trainer import train
     if args.nproc and args.nproc > 1:
-        return _relaunch_with_torchrun(args.nproc)
+        return _relaunch_with_torchrun(args.nproc, args.argv)
     cfg = resolve(config_layers(args))
-    metrics = train(cfg, resume=args.resume, overwrite=args.overwrite)
-    if metrics.get("final_acc") is not None:
+    metrics = train(cfg, resume=args.resume, overwrite=args.overwrite, stop_after_epoch=args.stop_after_epoch)
+    if int(os.environ.get("RANK", "0")) != 0:   # under torchrun only rank 0 reports
+        return 0
+    if metrics.get("status") == "interrupted":
+        print(f"run: {cfg['out']}\nstopped after epoch {metrics['epochs_done']} of {metrics['epochs']} "
+              f"(checkpoint saved); continue with the same command plus --resume.")
+    elif metrics.get("final_acc") is not None:
         print(f"run: {cfg['out']}\nfinal test accuracy: {metrics['final_acc']:.2f}% "
               f"(best over epochs: {metrics['best_test_acc']:.2f}% at epoch {metrics['best_epoch']})")
     return 0
 
 
-def _relaunch_with_torchrun(nproc: int) -> int:
+def _relaunch_with_torchrun(nproc: int, argv: list[str]) -> int:
+    """Run the same command under torchrun (DDP), without --nproc."""
     import subprocess
-    argv = [a for a in sys.argv[1:]]
-    i = argv.index("--nproc")
-    del argv[i:i + 2]
+    rest, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == "--nproc":
+            skip = True
+        elif not a.startswith("--nproc="):
+            rest.append(a)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-           "-m", "sslzoo", *argv]
+           "-m", "sslzoo", *rest]
     return subprocess.call(cmd)
 
 
@@ -126,6 +138,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
     sp.add_argument("--overwrite", action="store_true", help="replace an existing run in --out")
     sp.add_argument("--nproc", type=int, default=0, help="train with N processes (DDP via torchrun)")
+    sp.add_argument("--stop-after-epoch", type=int, default=None, metavar="N",
+                    help="checkpoint and stop after epoch N; continue later with --resume (not part of the config)")
     sp.add_argument("--no-progress", action="store_true", help="no progress bar / per-epoch lines")
     sp.set_defaults(func=cmd_train)
 
@@ -169,7 +183,11 @@ def _register_extra_commands() -> None:
 def main(argv: list[str] | None = None) -> int:
     _register_extra_commands()
     parser = build_parser()
-    args = parser.parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv   # accepted after the sub-command too (sslzoo train ... --debug)
+    args = parser.parse_args([a for a in argv if a != "--debug"])
+    args.debug = args.debug or debug
+    args.argv = argv
     try:
         return int(args.func(args) or 0)
     except SSLZooError as exc:

@@ -11,6 +11,7 @@ import copy
 import difflib
 import hashlib
 import json
+import re
 from importlib import resources
 from pathlib import Path
 from typing import Any, Iterable
@@ -23,7 +24,9 @@ from .registry import ALGORITHMS
 DEFAULTS: dict[str, Any] = {
     "algo": "adacm",
     "policy": None,              # None: the algorithm's default ("fixed:0.95", "adacm", a mapping, ...)
-    "policy_args": {},           # extra keyword arguments for the policy
+    "policy_args": {},           # extra keyword arguments for the policy in force
+    "policies": {},              # per-policy settings, applied only when that policy is in force,
+                                 # e.g. policies: {freematch: {momentum: 0.99}} for short runs
     "dataset": "synthfer",
     "data_root": None,
     "data": {},                  # data-set loader options (checked by the loader)
@@ -60,6 +63,19 @@ FREE_FORM = {"data", "backbone", "policy_args"}   # sections whose keys the comp
 NULLABLE_ANY = {"policy"}
 
 
+class _SafeLoader(yaml.SafeLoader):
+    """``yaml.safe_load`` that also reads 1e-3 as a float (YAML 1.1 wants 1.0e-3, else a string)."""
+
+
+_SafeLoader.add_implicit_resolver("tag:yaml.org,2002:float",
+                                  re.compile(r"^[-+]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)[eE][-+]?[0-9]+$"),
+                                  list("-+0123456789."))
+
+
+def safe_load(text: str) -> Any:
+    return yaml.load(text, Loader=_SafeLoader)  # noqa: S506 - a SafeLoader subclass: no Python objects
+
+
 def builtin_config_dir() -> Path:
     """The packaged ``configs/`` folder (installed as the ``sslzoo.configs`` package data)."""
     try:
@@ -73,7 +89,7 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise SSLZooError(f"Config file '{path}' does not exist.")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = safe_load(path.read_text())
     except yaml.YAMLError as exc:
         raise SSLZooError(f"Config file '{path}' is not valid YAML: {exc}") from None
     if data is None:
@@ -92,7 +108,7 @@ def parse_set(items: Iterable[str]) -> dict[str, Any]:
             raise SSLZooError(f"--set expects key=value (e.g. --set optim.lr=0.001 or --set policy=fixed:0.8); "
                               f"got '{item}'.")
         try:
-            value = yaml.safe_load(raw) if raw.strip() else None
+            value = safe_load(raw) if raw.strip() else None
         except yaml.YAMLError:
             value = raw
         if isinstance(value, str) and ":" in raw and key.strip() == "policy":
@@ -148,9 +164,12 @@ def _check(schema: dict[str, Any], given: dict[str, Any], where: str) -> None:
 
 def schema() -> dict[str, Any]:
     """DEFAULTS plus one section per registered algorithm (its constructor's keyword arguments)."""
+    from .algorithm import policy_hyperparameters
+    from .registry import POLICIES
     full = copy.deepcopy(DEFAULTS)
     for name, cls in ALGORITHMS.items():
         full[name] = cls.hyperparameters()
+    full["policies"] = {name: policy_hyperparameters(cls) for name, cls in POLICIES.items()}
     return full
 
 

@@ -2,12 +2,17 @@
 
 Why a small object: policies need global statistics (Ada-CM's margin over the
 whole labeled set, FlexMatch counters) without knowing whether torch.distributed
-is initialised; they call ``ctx.dist.gather`` / ``all_reduce`` either way.
+is initialised; they call ``ctx.dist.gather`` / ``all_reduce`` either way. The
+trainer also uses it to make every rank take the same decision (stop on a
+signal, stop on a non-finite loss, refuse an output folder), because a rank that
+leaves alone makes the others wait in their next collective.
 """
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any, Iterable
 
 import torch
 import torch.distributed as dist
@@ -19,6 +24,7 @@ class DistContext:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
+    device: str = "cpu"   # where collective scratch tensors live ("cuda:<local_rank>" under NCCL)
 
     @property
     def enabled(self) -> bool:
@@ -48,28 +54,78 @@ class DistContext:
         return torch.cat([p[:s] for p, s in zip(parts, sizes)])
 
     def all_reduce(self, tensor: Tensor, op: str = "sum") -> Tensor:
+        """Sum (or mean) over ranks; returns a new tensor, the input is left unchanged."""
         if not self.enabled:
             return tensor
         out = tensor.clone()
         dist.all_reduce(out, op=dist.ReduceOp.SUM)
         return out / self.world_size if op == "mean" else out
 
+    def any(self, flag: bool) -> bool:
+        """True on every rank when ``flag`` is true on at least one rank."""
+        if not self.enabled:
+            return bool(flag)
+        t = torch.tensor([1.0 if flag else 0.0], device=self.device)
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+        return bool(t.item() > 0)
+
+    def broadcast_object(self, obj: Any, src: int = 0) -> Any:
+        """Rank ``src``'s (picklable) value on every rank, e.g. an error message."""
+        if not self.enabled:
+            return obj
+        box = [obj]
+        dist.broadcast_object_list(box, src=src)
+        return box[0]
+
+    def broadcast_(self, tensors: Iterable[Tensor], src: int = 0) -> None:
+        """Overwrite ``tensors`` in place with rank ``src``'s values (batch-norm buffers)."""
+        if not self.enabled:
+            return
+        for t in tensors:
+            dist.broadcast(t.data, src=src)
+
     def barrier(self) -> None:
         if self.enabled:
             dist.barrier()
 
 
+_owns_group = False
+
+
 def init_from_env(device_type: str) -> DistContext:
-    """Join the process group torchrun describes in the environment (if any)."""
+    """Join the process group torchrun describes in the environment (if any).
+
+    NCCL on CUDA (each process pinned to the GPU of its local rank first, so NCCL
+    does not put every rank's communicator on GPU 0), gloo on CPU.
+    """
+    global _owns_group
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return DistContext()
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    device = "cpu"
+    if device_type == "cuda":
+        if local_rank >= torch.cuda.device_count():
+            from .errors import SSLZooError
+            raise SSLZooError(f"Process with local rank {local_rank} has no GPU of its own (this machine "
+                              f"shows {torch.cuda.device_count()}); start at most one process per GPU "
+                              f"(--nproc / --nproc_per_node) or train with --device cpu.")
+        torch.cuda.set_device(local_rank)
+        device = f"cuda:{local_rank}"
     if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if device_type == "cuda" else "gloo")
-    return DistContext(rank=dist.get_rank(), world_size=dist.get_world_size(),
-                       local_rank=int(os.environ.get("LOCAL_RANK", "0")))
+        # Generous: ranks > 0 wait in a collective while rank 0 decodes a data set into the cache
+        # the first time (can take long for AffectNet); a crashed rank is handled by torchrun anyway.
+        minutes = float(os.environ.get("SSLZOO_DIST_TIMEOUT_MIN", "60"))
+        dist.init_process_group(backend="nccl" if device_type == "cuda" else "gloo",
+                                timeout=timedelta(minutes=minutes))
+        _owns_group = True
+    return DistContext(rank=dist.get_rank(), world_size=dist.get_world_size(), local_rank=local_rank,
+                       device=device)
 
 
 def shutdown() -> None:
-    if dist.is_available() and dist.is_initialized():
+    """Destroy the process group if ``init_from_env`` created it (no warning at exit)."""
+    global _owns_group
+    if _owns_group and dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+    _owns_group = False

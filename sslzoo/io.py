@@ -9,8 +9,23 @@ from pathlib import Path
 from typing import Any, Callable
 
 
+def _default_mode() -> int:
+    """Permissions an ordinary ``open(path, "w")`` would give (0666 minus the umask)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+_FILE_MODE = _default_mode()
+
+
 def atomic_write(path: str | Path, write: Callable[[Any], None], mode: str = "w") -> None:
-    """Write through a temp file in the same folder, fsync, then rename over ``path``."""
+    """Write through a temp file in the same folder, fsync, then rename over ``path``.
+
+    A crash or kill at any moment leaves either the old file or the new one, never
+    a mix; the temp file is removed when ``write`` raises. The file gets the usual
+    permissions (mkstemp's would be owner-only).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -19,11 +34,27 @@ def atomic_write(path: str | Path, write: Callable[[Any], None], mode: str = "w"
             write(f)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, _FILE_MODE)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+    _fsync_dir(path.parent)
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make the rename itself durable (best effort: not every file system allows it)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def _clean(obj: Any) -> Any:

@@ -2,12 +2,19 @@
 
 It knows no algorithm by name: it builds batches with the views the algorithm
 declares, sums the named loss terms the algorithm returns, and logs its stats.
+
+Reliability (docs/reliability.md): a checkpoint after every epoch and on
+SIGTERM/SIGINT holds everything needed to continue bit-exactly; every output is
+written atomically; a non-finite loss stops the run as "diverged". Under DDP
+every rank takes the same decisions (stop, diverge) from all-reduced values, and
+only rank 0 writes files.
 """
 from __future__ import annotations
 
 import math
 import os
 import platform
+import shutil
 import signal
 import sys
 import time
@@ -19,6 +26,7 @@ import numpy as np
 import torch
 import yaml
 from torch import Tensor, nn
+from torch.nn.parameter import is_lazy
 
 from . import __version__, checkpoint
 from .algorithm import Batch, EpochContext, SSLAlgorithm, StepContext
@@ -26,14 +34,14 @@ from .config import config_hash
 from .data.pipeline import BatchPlan, StepBatches, augment_config, derive_seed, step_loader, view_batches
 from .data.prepare import RunData, prepare
 from .data.views import Views, normalize_batch
-from .distributed import DistContext, init_from_env
+from .distributed import DistContext, init_from_env, shutdown
 from .ema import ModelEMA
 from .errors import DivergedError, SSLZooError
 from .evaluation import classification_metrics, predict
 from .io import write_json, write_text
 from .models import build_backbone
 from .optim import build_optimizer, build_schedule
-from .policies import build_policy
+from .policies import build_policy, parse_policy_spec
 from .registry import ALGORITHMS
 
 MARGIN_STREAM = 7
@@ -61,11 +69,35 @@ def build_algorithm(cfg: dict[str, Any], num_classes: int) -> SSLAlgorithm:
     cls = ALGORITHMS.get(cfg["algo"])
     policy = None
     if cls.uses_policy:
-        policy = build_policy(cfg["policy"] or cls.default_policy, cfg.get("policy_args") or {})
+        spec = cfg["policy"] or cls.default_policy
+        name, spec_params = parse_policy_spec(spec)
+        # precedence: policies.<name> section < "name:value" spec < policy_args
+        params = {**(cfg.get("policies") or {}).get(name, {}), **spec_params, **(cfg.get("policy_args") or {})}
+        try:
+            policy = build_policy({"name": name, **params})
+        except (ValueError, TypeError) as exc:   # a constructor rejecting a value: the user's input
+            raise SSLZooError(f"Threshold policy {spec!r} rejected its settings: {exc}") from exc
     elif cfg.get("policy"):
         raise SSLZooError(f"Algorithm '{cfg['algo']}' takes no threshold policy, but policy="
                           f"'{cfg['policy']}' was set.")
-    return cls(num_classes, policy, **cfg.get(cfg["algo"], {}))
+    try:
+        return cls(num_classes, policy, **cfg.get(cfg["algo"], {}))
+    except (ValueError, TypeError) as exc:
+        raise SSLZooError(f"Algorithm '{cfg['algo']}' rejected its settings ({cfg['algo']}.*): {exc}") from exc
+
+
+def _flag(value: Any, key: str) -> bool | None:
+    """A config switch given as a bool or a word; None for "auto"."""
+    if isinstance(value, bool):
+        return value
+    word = str(value).strip().lower()
+    if word == "auto":
+        return None
+    if word in ("true", "on", "yes", "1"):
+        return True
+    if word in ("false", "off", "no", "0", "none"):
+        return False
+    raise SSLZooError(f"Config key '{key}' must be auto, true or false; got {value!r}.")
 
 
 def package_versions() -> dict[str, str]:
@@ -95,60 +127,97 @@ class EpochMeter:
 
 
 class Trainer:
-    def __init__(self, cfg: dict[str, Any], *, resume: bool = False, overwrite: bool = False):
+    """One run. ``stop_after_epoch=k`` checkpoints and returns after epoch k (status
+    "interrupted"); a later ``resume=True`` with the same config continues exactly."""
+
+    def __init__(self, cfg: dict[str, Any], *, resume: bool = False, overwrite: bool = False,
+                 stop_after_epoch: int | None = None):
         self.cfg = cfg
         self.out = Path(cfg["out"])
-        self.resume = resume
+        self.resume, self.overwrite = resume, overwrite
+        if stop_after_epoch is not None and stop_after_epoch < 1:
+            raise SSLZooError(f"--stop-after-epoch must be at least 1; got {stop_after_epoch}.")
+        self.stop_after_epoch = stop_after_epoch
         self.dist = init_from_env("cuda" if torch.cuda.is_available() and cfg["device"] != "cpu" else "cpu")
         self.device = pick_device(cfg["device"], self.dist)
+        if self.dist.enabled and self.device.type == "cuda" and self.device.index != self.dist.local_rank:
+            raise SSLZooError(f"With several processes use --device cuda (or auto): each process takes the "
+                              f"GPU of its local rank; got --device {cfg['device']}.")
         self._check_out_dir(overwrite)
         self._stop_signal: int | None = None
 
     # -- setup ----------------------------------------------------------------------
     def _check_out_dir(self, overwrite: bool) -> None:
+        """Refuse to touch a finished run unless asked; check the folder is writable (rank 0 decides)."""
+        problem = self._out_dir_problem(overwrite) if self.dist.is_main else None
+        problem = self.dist.broadcast_object(problem)
+        if problem:
+            raise SSLZooError(problem)
+
+    def _out_dir_problem(self, overwrite: bool) -> str | None:
         metrics = self.out / "metrics.json"
-        if self.resume or overwrite or not metrics.exists():
-            if self.dist.is_main:
-                try:
-                    self.out.mkdir(parents=True, exist_ok=True)
-                    probe = self.out / ".write-test"
-                    probe.write_text("")
-                    probe.unlink()
-                except OSError as exc:
-                    raise SSLZooError(f"Cannot write to the output folder '{self.out}': {exc.strerror}. "
-                                      f"Choose a writable --out.") from None
-            return
-        raise SSLZooError(f"'{self.out}' already holds a run (metrics.json exists). Use --resume to continue "
-                          f"it, --overwrite to replace it, or choose another --out.")
+        if not (self.resume or overwrite or not metrics.exists()):
+            return (f"'{self.out}' already holds a run (metrics.json exists). Use --resume to continue "
+                    f"it, --overwrite to replace it, or choose another --out.")
+        try:
+            self.out.mkdir(parents=True, exist_ok=True)
+            probe = self.out / f".write-test-{os.getpid()}"
+            probe.write_text("")
+            probe.unlink()
+        except OSError as exc:
+            return (f"Cannot write to the output folder '{self.out}': {exc.strerror or exc}. "
+                    f"Choose a writable --out.")
+        return None
+
+    def _prepare_data(self) -> RunData:
+        """Load the data; under DDP rank 0 goes first (it fills the decode cache the others then read)."""
+        if not self.dist.enabled:
+            return prepare(self.cfg)
+        data, problem = None, None
+        if self.dist.is_main:
+            try:
+                data = prepare(self.cfg)
+            except SSLZooError as exc:
+                problem = str(exc)
+            except BaseException as exc:
+                self.dist.broadcast_object(f"rank 0 failed while loading the data ({type(exc).__name__}).")
+                raise
+        problem = self.dist.broadcast_object(problem)
+        if problem:
+            raise SSLZooError(problem)
+        return data if data is not None else prepare(self.cfg)
 
     def _setup(self) -> None:
         cfg = self.cfg
         seed_everything(cfg["seed"])
-        self.data: RunData = prepare(cfg)
+        self.data: RunData = self._prepare_data()
         self.num_classes = len(self.data.classes)
         size = self.data.bundle.image_size
         self.views = Views(size, augment_config(cfg["augment"]))
         self.algorithm = build_algorithm(cfg, self.num_classes)
         cuda = self.device.type == "cuda"
-        self.channels_last = cuda if cfg["channels_last"] == "auto" else bool(cfg["channels_last"])
+        channels_last = _flag(cfg["channels_last"], "channels_last")
+        self.channels_last = cuda if channels_last is None else channels_last
         model = build_backbone(cfg["backbone"], self.num_classes, size).to(self.device)
         if self.channels_last:
             model = model.to(memory_format=torch.channels_last)
         self.model = model
         self.extra = self.algorithm.extra_modules().to(self.device)
-        self.ema = ModelEMA(model, cfg["ema"]["decay"], cfg["ema"]["warmup"])
+        self.amp_dtype = self._amp_dtype()
+        self.train_model: nn.Module = model
+        if self.dist.enabled:   # DDP averages the backbone's gradients (and starts from rank 0's weights)
+            self.train_model = nn.parallel.DistributedDataParallel(
+                model, device_ids=[self.device.index] if cuda else None)
+            self.dist.broadcast_([t for t in (*self.extra.parameters(), *self.extra.buffers())
+                                  if not is_lazy(t)])   # lazy heads are made on first use, from the same RNG
+        self.ema = ModelEMA(model, cfg["ema"]["decay"], cfg["ema"]["warmup"])   # after DDP's broadcast
         self.optimizer = build_optimizer(list(model.parameters()) + list(self.extra.parameters()), cfg["optim"])
         self.total_steps = cfg["epochs"] * cfg["iters_per_epoch"]
         self.scheduler = build_schedule(self.optimizer, cfg["schedule"], self.total_steps)
-        self.amp_dtype = self._amp_dtype()
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
         if cuda:
             torch.backends.cudnn.benchmark = True
-        self.train_model: nn.Module = model
-        if self.dist.enabled:
-            self.train_model = nn.parallel.DistributedDataParallel(
-                model, device_ids=[self.device.index] if cuda else None)
-        if cfg["compile"] and cuda:
+        if cfg["compile"] and cuda:   # CPU runs never compile (slow start, little gain at this scale)
             self.train_model = torch.compile(self.train_model)
         unlabeled = self.data.unlabeled if self.algorithm.unlabeled_views else None
         self.algorithm.setup(len(self.data.unlabeled), self.device)
@@ -157,12 +226,18 @@ class Trainer:
                                    self.algorithm.unlabeled_views, self.views)
 
     def _amp_dtype(self) -> torch.dtype | None:
+        """Autocast dtype: None on CPU or when off; bf16 where the GPU has it (auto), else fp16 + GradScaler."""
         amp = self.cfg["amp"]
-        if self.device.type != "cuda" or amp in (False, "off", "none"):
+        word = str(amp).strip().lower()
+        if isinstance(amp, bool):
+            word = "auto" if amp else "off"
+        if word not in ("auto", "bf16", "fp16", "off", "none", "false", "fp32"):
+            raise SSLZooError(f"Config key 'amp' must be auto, bf16, fp16 or off; got {amp!r}.")
+        if self.device.type != "cuda" or word in ("off", "none", "false", "fp32"):
             return None
-        if amp in ("auto", "bf16", True):
-            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.float16
+        if word == "fp16":
+            return torch.float16
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
     def _num_workers(self) -> int:
         n = int(self.cfg["num_workers"])
@@ -194,6 +269,8 @@ class Trainer:
         with self._autocast():
             probs, labels, _ = predict(model, view_batches(shard, self.views, "plain", 0,
                                                            self.cfg["eval_batch_size"]), self._prepare)
+        if probs.dim() == 1:   # an empty shard (fewer images than ranks): keep the [0, C] shape for gathering
+            probs = probs.reshape(0, self.num_classes)
         probs, labels = self.dist.gather_uneven(probs.to(self.device)), self.dist.gather_uneven(labels.to(self.device))
         return classification_metrics(probs, labels, self.num_classes)
 
@@ -210,7 +287,7 @@ class Trainer:
     # -- checkpoints --------------------------------------------------------------------
     def _checkpoint_payload(self, step: int, meter: EpochMeter) -> dict[str, Any]:
         return {
-            "step": step, "config_hash": config_hash(self.cfg),
+            "step": step, "config_hash": config_hash(self.cfg), "world_size": self.dist.world_size,
             "model": self.model.state_dict(), "ema": self.ema.state_dict(),
             "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(), "algorithm": self.algorithm.state_dict(),
@@ -226,11 +303,16 @@ class Trainer:
         if ckpt["config_hash"] != config_hash(self.cfg):
             raise SSLZooError(f"The checkpoint in '{self.out}' was made with a different configuration than "
                               f"the one given now; resume with the same settings (see {self.out}/config.yaml).")
+        if int(ckpt.get("world_size", 1)) != self.dist.world_size:
+            raise SSLZooError(f"The checkpoint in '{self.out}' was made with {ckpt.get('world_size', 1)} "
+                              f"process(es) and this run has {self.dist.world_size}; the data each step sees "
+                              f"depends on it, so resume with --nproc {ckpt.get('world_size', 1)}.")
         self.model.load_state_dict(ckpt["model"])
         self.ema.load_state_dict(ckpt["ema"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scheduler.load_state_dict(ckpt["scheduler"])
-        self.scaler.load_state_dict(ckpt["scaler"])
+        if self.scaler.is_enabled() and ckpt["scaler"]:   # a checkpoint from a run without fp16 has none
+            self.scaler.load_state_dict(ckpt["scaler"])
         self.algorithm.load_state_dict(ckpt["algorithm"])
         checkpoint.set_rng_state(ckpt["rng"])
         self.history = list(ckpt["history"])
@@ -291,23 +373,45 @@ class Trainer:
     def _on_signal(self, signum, frame) -> None:  # noqa: ARG002
         self._stop_signal = signum
 
+    def _rng_isolated(self):
+        """Keep the loader's start-up off the training RNG (dropout, mixup).
+
+        Creating a DataLoader iterator draws its base seed from torch's global generator;
+        a resumed run creates its iterator at another point of the random stream than the
+        uninterrupted run did, so without this the two would draw different dropout masks.
+        """
+        return torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else [])
+
+    def _clear_replaced_run(self) -> None:
+        """--overwrite: drop the old run's checkpoint and TensorBoard events, once setup has succeeded."""
+        if self.dist.is_main and self.overwrite:
+            (self.out / "checkpoint.pt").unlink(missing_ok=True)
+            shutil.rmtree(self.out / "tb", ignore_errors=True)
+
     def fit(self) -> dict[str, Any]:
         self._setup()
         self.history: list[dict[str, Any]] = []
         start_step, meter = 0, EpochMeter()
-        if self.resume and (self.out / "checkpoint.pt").exists():
+        has_checkpoint = self.dist.broadcast_object(self.resume and (self.out / "checkpoint.pt").exists())
+        if has_checkpoint:   # under DDP every rank loads rank 0's checkpoint
             start_step, meter = self._restore()
+        else:
+            self._clear_replaced_run()
         self._write_run_files()
         writer = self._tensorboard()
         old_handlers = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)} \
             if _main_thread() else {}
         cfg, iters = self.cfg, self.cfg["iters_per_epoch"]
+        workers = self._num_workers()
         try:
             if start_step >= self.total_steps:
-                return self._write_metrics("finished")
+                return self._finish("finished")
+            if self.stop_after_epoch is not None and start_step >= self.stop_after_epoch * iters:
+                return self._finish("interrupted")
             self._write_metrics("running")
-            loader = iter(step_loader(self.batches, start_step, self.total_steps, self._num_workers(),
-                                      self.device.type == "cuda"))
+            with self._rng_isolated():   # creating the loader iterator draws a base seed
+                loader = iter(step_loader(self.batches, start_step, self.total_steps, workers,
+                                          self.device.type == "cuda"))
             bar = None
             for step in range(start_step, self.total_steps):
                 epoch, it = divmod(step, iters)
@@ -318,28 +422,40 @@ class Trainer:
                         meter = EpochMeter()
                     bar = self._bar(epoch, it)
                 tic = time.perf_counter()
-                batch = self._to_batch(next(loader))
-                self._train_step(batch, epoch, it, step, meter)
+                try:
+                    raw = next(loader)
+                except Exception:
+                    # Ctrl-C also reaches loader workers, which then exit: stop cleanly before this step.
+                    if self._stop_signal is None or self.dist.enabled:
+                        raise
+                    self._interrupt(step, meter)
+                stop = self._train_step(self._to_batch(raw), epoch, it, step, meter)
                 meter.seconds += time.perf_counter() - tic
                 if bar is not None:
                     bar.update(1)
                     if it % 10 == 0 or it == iters - 1:
                         bar.set_postfix_str(self._postfix(meter), refresh=False)
-                if self._stop_signal is not None:
-                    self._save_checkpoint(step + 1, meter)
-                    self._write_metrics("interrupted")
-                    raise KeyboardInterrupt(f"stopped by signal {self._stop_signal}; checkpoint saved at step {step + 1}")
+                if stop:
+                    self._interrupt(step + 1, meter)
                 if it == iters - 1:
                     if bar is not None:
                         bar.close()
                         bar = None
+                    self._sync_buffers()
                     self._end_epoch(epoch, meter, writer)
                     self._save_checkpoint(step + 1, EpochMeter())
-                    self._write_metrics("running" if step + 1 < self.total_steps else "finished")
-            return self._metrics("finished")
+                    if step + 1 >= self.total_steps:
+                        return self._finish("finished")
+                    if self.stop_after_epoch is not None and epoch + 1 >= self.stop_after_epoch:
+                        return self._finish("interrupted")
+                    self._write_metrics("running")
+                    if self.dist.any(self._stop_signal is not None):   # a signal during evaluation
+                        self._interrupt(step + 1, EpochMeter(), save=False)
+            return self._finish("finished")
         except DivergedError as exc:
             self._write_metrics("diverged", {"message": str(exc), "epoch": exc.epoch + 1,
                                              "iteration": exc.iteration + 1, "term": exc.term})
+            self.dist.barrier()   # rank 0 has written before any rank exits (torchrun then stops the rest)
             raise
         finally:
             for s, h in old_handlers.items():
@@ -347,7 +463,57 @@ class Trainer:
             if writer is not None:
                 writer.close()
 
-    def _train_step(self, batch: Batch, epoch: int, it: int, step: int, meter: EpochMeter) -> None:
+    def _interrupt(self, step: int, meter: EpochMeter, save: bool = True) -> None:
+        """Checkpoint at ``step`` (mid-epoch: with the epoch's running sums) and stop."""
+        if save:
+            self._save_checkpoint(step, meter)
+        self._write_metrics("interrupted")
+        self.dist.barrier()
+        raise KeyboardInterrupt(f"Stopped by signal {self._stop_signal or '(on another rank)'}; checkpoint "
+                                f"saved at step {step} of {self.total_steps} in '{self.out}'. "
+                                f"Continue with the same command plus --resume.")
+
+    def _finish(self, status: str) -> dict[str, Any]:
+        metrics = self._write_metrics(status)
+        self._dump_state()
+        return metrics
+
+    def _dump_state(self) -> None:
+        """SSLZOO_DUMP_STATE=dir: every rank saves its final model/EMA/policy state to dir/rank<k>.pt.
+
+        A debugging aid (and what tests/test_ddp.py uses to check that all ranks agree).
+        """
+        folder = os.environ.get("SSLZOO_DUMP_STATE")
+        if not folder:
+            return
+        checkpoint.save(Path(folder) / f"rank{self.dist.rank}.pt", {
+            "model": self.model.state_dict(), "ema": self.ema.state_dict(),
+            "algorithm": self.algorithm.state_dict(), "world_size": self.dist.world_size})
+
+    def _sync_buffers(self) -> None:
+        """DDP averages gradients but each rank updates its own batch-norm statistics: take rank 0's
+        before evaluating, so every rank evaluates (and estimates Ada-CM's margin with) the same model."""
+        if self.dist.enabled:
+            self.dist.broadcast_([*self.model.buffers(), *self.ema.module.buffers(), *self.extra.buffers()])
+
+    def _sync_extra_grads(self) -> None:
+        """Average the gradients of the algorithm's own modules (not inside DDP) over ranks, as DDP does."""
+        params = [p for p in self.extra.parameters() if not is_lazy(p)]
+        if not self.dist.enabled or not params:
+            return
+        has = torch.tensor([p.grad is not None for p in params], dtype=torch.float32, device=self.device)
+        flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1).float()
+                          for p in params] + [has])
+        flat = self.dist.all_reduce(flat)
+        offset = 0
+        for p, used in zip(params, (flat[-len(params):] > 0).tolist()):
+            n = p.numel()
+            if used:   # a gradient on any rank: the mean over ranks (zero where a rank had none)
+                p.grad = (flat[offset:offset + n] / self.dist.world_size).view_as(p).to(p.dtype)
+            offset += n
+
+    def _train_step(self, batch: Batch, epoch: int, it: int, step: int, meter: EpochMeter) -> bool:
+        """One optimisation step; returns whether to stop now (a signal on any rank)."""
         ctx = StepContext(epoch, it, step, self.total_steps, self.cfg["iters_per_epoch"], self.num_classes,
                           self.dist, self.train_model, self.ema.module, self.cfg["forward_mode"])
         self.train_model.train()
@@ -355,14 +521,21 @@ class Trainer:
             out = self.algorithm.step(self.train_model, batch, ctx)
         terms = {k: v.float() for k, v in out.losses.items()}
         total = torch.stack(list(terms.values())).sum()
-        values = torch.stack([total, *terms.values()]).detach().cpu().tolist()
-        if not all(math.isfinite(v) for v in values):
-            bad = next((k for k, v in zip(["total", *terms], values) if not math.isfinite(v)), "total")
-            raise DivergedError(f"The '{bad}' loss became non-finite at epoch {epoch + 1}, iteration {it + 1}. "
+        values_t = torch.stack([total, *terms.values()]).detach()
+        if self.dist.enabled:   # one all-reduce: mean losses (for logging and the divergence check) + stop flag
+            flag = torch.tensor([0.0 if self._stop_signal is None else 1.0], device=values_t.device)
+            reduced = self.dist.all_reduce(torch.cat([values_t, flag]))
+            values_t, stop = reduced[:-1] / self.dist.world_size, reduced[-1]
+        values = values_t.cpu().tolist()
+        if not all(math.isfinite(v) for v in values):   # name the term that went first, "total" if none did
+            bad = next((k for k, v in zip(terms, values[1:]) if not math.isfinite(v)), "total")
+            raise DivergedError(f"The '{bad}' loss became non-finite at epoch {epoch + 1}, iteration {it + 1}; "
+                                f"the run stopped and is recorded as diverged in {self.out}/metrics.json. "
                                 f"Lower the learning rate (optim.lr) or check the data.",
                                 epoch=epoch, iteration=it, term=bad)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(total).backward()
+        self._sync_extra_grads()
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.scheduler.step()
@@ -372,7 +545,8 @@ class Trainer:
             meter.add(f"loss/{name}", v)
         for name, v in out.stats.items():
             meter.add(name, float(v))
-        meter.images += batch.num_labeled + sum(v.shape[0] for v in batch.u_views)
+        meter.images += (batch.num_labeled + sum(v.shape[0] for v in batch.u_views)) * self.dist.world_size
+        return bool(stop.item() > 0) if self.dist.enabled else self._stop_signal is not None
 
     def _end_epoch(self, epoch: int, meter: EpochMeter, writer) -> None:
         test = self.evaluate(self.data.test)
@@ -385,6 +559,8 @@ class Trainer:
             "val_acc": val["acc"] if val else None,
             "losses": {k.split("/", 1)[1]: meter.mean(k) for k in meter.sums if k.startswith("loss/")},
             "mask_ratio": meter.mean("mask_ratio"), "pseudo_label_acc": meter.mean("pseudo_label_acc"),
+            "stats": {k: meter.mean(k) for k in meter.sums           # any other statistic an algorithm reports
+                      if not k.startswith("loss/") and k not in ("mask_ratio", "pseudo_label_acc")},
             "thresholds": None if thresholds is None else [float(t) for t in thresholds.tolist()],
             "lr": self.optimizer.param_groups[0]["lr"],
             "time_s": meter.seconds, "images": meter.images,
@@ -440,5 +616,14 @@ def _main_thread() -> bool:
     return threading.current_thread() is threading.main_thread()
 
 
-def train(cfg: dict[str, Any], *, resume: bool = False, overwrite: bool = False) -> dict[str, Any]:
-    return Trainer(cfg, resume=resume, overwrite=overwrite).fit()
+def train(cfg: dict[str, Any], *, resume: bool = False, overwrite: bool = False,
+          stop_after_epoch: int | None = None) -> dict[str, Any]:
+    """Run (or, with ``resume``, continue) one training run; returns its metrics dict.
+
+    ``stop_after_epoch=k`` checkpoints and returns after epoch k with status "interrupted"
+    (not part of the config, so ``resume=True`` later continues the very same run).
+    """
+    try:
+        return Trainer(cfg, resume=resume, overwrite=overwrite, stop_after_epoch=stop_after_epoch).fit()
+    finally:
+        shutdown()   # the process group, if this call created it

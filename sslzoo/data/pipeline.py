@@ -2,23 +2,25 @@
 
 Why by step: batch k of a run is a pure function of (seed, k, rank): which
 labeled and unlabeled images it holds (per-epoch permutations seeded by the run's
-seed) and their augmentations (torch's RNG seeded per step). So results do not
-depend on the number of loader workers, resuming at step k reproduces the
-uninterrupted run exactly, and a DDP rank simply takes its slice of the global
-batch.
+seed) and their augmentations (torch's CPU RNG seeded per step, and restored
+afterwards, so the training process's own random stream is untouched even with
+``num_workers=0``). So results do not depend on the number of loader workers,
+resuming at step k reproduces the uninterrupted run exactly, and a DDP rank
+simply takes its slice of the global batch.
 """
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
 from .base import ImageSet
-from .views import AugmentConfig, Views, to_chw
+from .views import AugmentConfig, Views, gather_images
 
 LABELED_STREAM, UNLABELED_STREAM, AUGMENT_STREAM = 1, 2, 3
 
@@ -42,6 +44,22 @@ def epoch_order(pool_size: int, needed: int, seed: int, stream: int, epoch: int)
     rng = np.random.default_rng([seed, stream, epoch])
     reps = max(1, math.ceil(needed / max(1, pool_size)))
     return np.concatenate([rng.permutation(pool_size) for _ in range(reps)])[:needed]
+
+
+@contextmanager
+def seeded_cpu_rng(seed: int) -> Iterator[None]:
+    """Seed torch's CPU generator (which the views draw from), then restore it.
+
+    Why not ``torch.manual_seed``: that also reseeds every CUDA generator and leaves the
+    CPU one reseeded, so with ``num_workers=0`` the training process's own random
+    numbers (dropout) would depend on the loader, i.e. on the number of workers.
+    """
+    state = torch.default_generator.get_state()
+    torch.default_generator.manual_seed(seed)
+    try:
+        yield
+    finally:
+        torch.default_generator.set_state(state)
 
 
 class StepBatches(Dataset):
@@ -68,19 +86,21 @@ class StepBatches(Dataset):
         return self._cache[key][start:start + per_rank]
 
     def __getitem__(self, step: int) -> dict[str, Any]:
+        with seeded_cpu_rng(derive_seed(self.seed, AUGMENT_STREAM, step, self.plan.rank)):
+            return self._build(step)
+
+    def _build(self, step: int) -> dict[str, Any]:
         p = self.plan
-        torch.manual_seed(derive_seed(self.seed, AUGMENT_STREAM, step, p.rank))
         li = self._indices(LABELED_STREAM, len(self.labeled), p.batch_size, step)
-        view = self.views.get(self.labeled_view)
         out: dict[str, Any] = {
-            "x_l": torch.stack([view(to_chw(self.labeled.images[i])) for i in li]),
+            "x_l": self.views.batch(self.labeled_view, gather_images(self.labeled.images, li)),
             "y_l": torch.from_numpy(self.labeled.labels[li]),
             "u_views": [], "u_index": torch.zeros(0, dtype=torch.long), "u_true": torch.zeros(0, dtype=torch.long),
         }
         if self.unlabeled_views and self.unlabeled is not None:
             ui = self._indices(UNLABELED_STREAM, len(self.unlabeled), p.batch_size * p.mu, step)
-            imgs = [to_chw(self.unlabeled.images[i]) for i in ui]
-            out["u_views"] = [torch.stack([self.views.get(v)(img) for img in imgs]) for v in self.unlabeled_views]
+            imgs = gather_images(self.unlabeled.images, ui)   # read once, shared by every view
+            out["u_views"] = [self.views.batch(v, imgs) for v in self.unlabeled_views]
             out["u_index"] = torch.from_numpy(ui.astype(np.int64))
             out["u_true"] = torch.from_numpy(self.unlabeled.labels[ui])
         return out
@@ -96,18 +116,23 @@ def step_loader(batches: StepBatches, start_step: int, total_steps: int, num_wor
 
 
 def view_batches(images: ImageSet, views: Views, view: str, seed: int, chunk: int):
-    """Yield (uint8 batch, labels) over a whole set with one named view, deterministically."""
-    gen_state = torch.get_rng_state()
-    torch.manual_seed(seed)
-    fn = views.get(view)
-    try:
-        for start in range(0, len(images), chunk):
-            idx = range(start, min(start + chunk, len(images)))
-            x = torch.stack([fn(to_chw(images.images[i])) for i in idx]) if view != "plain" \
-                else torch.from_numpy(np.ascontiguousarray(images.images[start:start + chunk])).permute(0, 3, 1, 2)
-            yield x, torch.from_numpy(images.labels[start:start + chunk])
-    finally:
-        torch.set_rng_state(gen_state)
+    """Yield (uint8 batch, labels) over a whole set with one named view, deterministically.
+
+    The views draw from a stream seeded by ``seed`` alone: the caller's CPU random state is
+    swapped out while a chunk is built and restored before it is yielded, so whatever runs
+    between chunks neither perturbs the views nor is perturbed by them.
+    """
+    own = torch.Generator().manual_seed(seed).get_state()
+    for start in range(0, len(images), chunk):
+        part = slice(start, min(start + chunk, len(images)))
+        outer = torch.default_generator.get_state()
+        torch.default_generator.set_state(own)
+        try:
+            x = views.batch(view, gather_images(images.images, part))
+            own = torch.default_generator.get_state()
+        finally:
+            torch.default_generator.set_state(outer)
+        yield x, torch.from_numpy(images.labels[part])
 
 
 def augment_config(cfg: dict[str, Any]) -> AugmentConfig:

@@ -9,7 +9,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-import torchvision
 from torch import Tensor, nn
 
 from ..errors import SSLZooError
@@ -21,6 +20,7 @@ class ResNet18(nn.Module):
     def __init__(self, num_classes: int, dropout: float = 0.5, normalize_feature: bool = True,
                  small_input: bool = False):
         super().__init__()
+        import torchvision  # imported here: torchvision.models costs ~2 s at process start
         net = torchvision.models.resnet18(weights=None)
         if small_input:  # CIFAR-style stem for <= 64 px images: keep spatial resolution
             net.conv1 = nn.Conv2d(3, 64, 3, 1, 1, bias=False)
@@ -79,6 +79,7 @@ def resnet18(num_classes: int, *, weights: str | None = None, pretrained: str | 
     if weights:
         load_resnet_checkpoint(model, weights)
     elif pretrained == "imagenet":
+        import torchvision
         try:
             tv = torchvision.models.resnet18(weights=torchvision.models.ResNet18_Weights.IMAGENET1K_V1)
         except Exception as exc:  # noqa: BLE001 - offline machines have no download

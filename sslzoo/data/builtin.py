@@ -65,15 +65,13 @@ def digits(*, root: str | None = None, image_size: int = 32, **options: Any) -> 
     if not 8 <= size <= 512:
         raise SSLZooError(f"digits image_size must be in 8..512; got {size}.")
     from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
 
     raw = load_digits()
     images = _resize_digits(raw.images, size)
     labels = raw.target.astype(np.int64)
     index = np.arange(len(labels))
-    train_idx, test_idx = train_test_split(index, test_size=DIGITS_TEST_FRACTION, stratify=labels,
-                                           random_state=DIGITS_SPLIT_SEED)
-    train_idx, test_idx = np.sort(train_idx), np.sort(test_idx)
+    test_idx = _stratified_test_index(labels, DIGITS_TEST_FRACTION, DIGITS_SPLIT_SEED)
+    train_idx = np.setdiff1d(index, test_idx)
     ids = [f"digits/{i:04d}" for i in index]
     train = ImageSet(images[train_idx], labels[train_idx], [ids[i] for i in train_idx])
     test = ImageSet(images[test_idx], labels[test_idx], [ids[i] for i in test_idx])
@@ -82,6 +80,14 @@ def digits(*, root: str | None = None, image_size: int = 32, **options: Any) -> 
             "train_class_counts": np.bincount(train.labels, minlength=10).tolist(),
             "test_class_counts": np.bincount(test.labels, minlength=10).tolist()}
     return DataBundle(name="digits", classes=DIGITS_CLASSES, train=train, test=test, info=info)
+
+
+def _stratified_test_index(labels: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    """A fixed, stratified test subset: ``round(fraction * n_c)`` random images of each class."""
+    rng = np.random.default_rng(seed)
+    picks = [rng.permutation(np.flatnonzero(labels == c))[: int(round(fraction * np.sum(labels == c)))]
+             for c in np.unique(labels)]
+    return np.sort(np.concatenate(picks))
 
 
 def _resize_digits(images: np.ndarray, size: int) -> np.ndarray:

@@ -28,8 +28,9 @@ signed distances, so edges are anti-aliased at any ``image_size``), in batches:
    geometry of brows, eyes and mouth and is symmetric in distribution under
    horizontal flips (one-sided features pick a random side).
 4. **Label noise.** A fraction ``label_noise`` of *training* labels is replaced by
-   a uniformly drawn other class; test labels stay clean. The clean training
-   labels are kept in the cache (:func:`load_arrays` returns them).
+   another class, drawn in proportion to the class prior (so rare classes are not
+   swamped); test labels stay clean. The clean training labels are kept in the
+   cache (:func:`load_arrays` returns them).
 
 Everything is a deterministic function of the options (``data_seed`` included);
 the test split depends only on ``n_test``, ``image_size`` and ``data_seed``.
@@ -53,7 +54,7 @@ from ..paths import cache_dir
 from .base import DataBundle, ImageSet
 from .labels import FER7
 
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2   # bump on any change to the images or labels (invalidates caches)
 
 # RAF-DB basic-expression image counts, in FER7 order.
 RAF_TRAIN_COUNTS = (1290, 281, 717, 4772, 1982, 705, 2524)
@@ -109,11 +110,19 @@ def draw_labels(n: int, reference: tuple[int, ...], rng: np.random.Generator) ->
 
 
 def add_label_noise(labels: np.ndarray, rate: float, rng: np.random.Generator,
-                    num_classes: int = 7) -> np.ndarray:
-    """Replace exactly ``round(rate * n)`` labels with a uniformly drawn *other* class."""
+                    prior: tuple[int, ...] = RAF_TRAIN_COUNTS) -> np.ndarray:
+    """Replace exactly ``round(rate * n)`` labels with *another* class drawn in proportion to ``prior``.
+
+    Proportional (not uniform) so that noise does not swamp the rare classes: with
+    uniform noise a few % of flips would make ~15 % of the 'fear' labels wrong.
+    """
     noisy = labels.copy()
     flip = rng.permutation(len(labels))[: int(round(rate * len(labels)))]
-    noisy[flip] = (labels[flip] + rng.integers(1, num_classes, size=len(flip))) % num_classes
+    weights = np.asarray(prior, dtype=np.float64)
+    for c in range(len(weights)):
+        idx = flip[labels[flip] == c]
+        others = np.where(np.arange(len(weights)) == c, 0.0, weights)
+        noisy[idx] = rng.choice(len(weights), size=len(idx), p=others / others.sum())
     return noisy
 
 
@@ -127,7 +136,7 @@ _PROTO = {
     "brow_inner":  (0.00,  0.09, -0.05,  0.00,  0.11, -0.15,  0.00),
     "brow_gap":    (0.18,  0.10,  0.13,  0.18,  0.16,  0.09,  0.18),
     "brow_arch":   (0.07,  0.01,  0.02,  0.03,  0.02,  0.00,  0.03),
-    "mouth_curve": (0.00, -0.04, -0.06,  0.22, -0.10, -0.02,  0.00),
+    "mouth_curve": (0.00, -0.04, -0.06,  0.26, -0.10, -0.02,  0.00),
     "mouth_open":  (0.20,  0.10,  0.05,  0.08,  0.00,  0.00,  0.00),
     "mouth_width": (0.32,  0.54,  0.40,  0.53,  0.37,  0.34,  0.42),
     "mouth_round": (1.00,  0.20,  0.00,  0.00,  0.00,  0.00,  0.00),
@@ -139,12 +148,12 @@ _PROTO = {
     "fold":        (0.00,  0.20,  0.60,  0.80,  0.00,  0.00,  0.00),
 }
 # Expression-level jitter (std) per parameter, independent of the class.
-_JITTER = {"eye_open": 0.11, "brow_raise": 0.03, "brow_inner": 0.03, "brow_gap": 0.02,
-           "brow_arch": 0.02, "mouth_curve": 0.03, "mouth_open": 0.03, "mouth_width": 0.035,
+_JITTER = {"eye_open": 0.09, "brow_raise": 0.025, "brow_inner": 0.025, "brow_gap": 0.018,
+           "brow_arch": 0.016, "mouth_curve": 0.025, "mouth_open": 0.025, "mouth_width": 0.03,
            "mouth_round": 0.15, "lip_thick": 0.008, "asym": 0.02, "upper_raise": 0.2,
            "wrinkle": 0.2, "frown": 0.2, "fold": 0.2}
 # Intensity range per class (how far from neutral towards the prototype).
-_INTENSITY = ((0.6, 1.0), (0.55, 1.0), (0.5, 1.0), (0.65, 1.0), (0.45, 1.0), (0.5, 1.0), (0.0, 0.0))
+_INTENSITY = ((0.6, 1.0), (0.55, 1.0), (0.5, 1.0), (0.7, 1.0), (0.45, 1.0), (0.5, 1.0), (0.0, 0.0))
 
 
 def expression_params(labels: np.ndarray, rng: np.random.Generator) -> dict[str, np.ndarray]:
@@ -198,7 +207,7 @@ def nuisance_params(n: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
         "hair_w": u(1.05, 1.30), "hair_cut": u(-0.3, 1.1), "hairline": u(-1.0, -0.62),
         "hair_slant": u(-0.2, 0.2), "bald": (rng.random(n) < 0.1).astype(np.float64),
         # pose and framing
-        "roll": np.clip(rng.normal(0, 0.12, n), -0.35, 0.35), "yaw": u(-1, 1), "pitch": u(-1, 1),
+        "roll": np.clip(rng.normal(0, 0.10, n), -0.3, 0.3), "yaw": u(-1, 1), "pitch": u(-1, 1),
         "scale": u(0.72, 0.86), "tx": u(-0.1, 0.1), "ty": u(-0.1, 0.1),
         # scene and camera
         "bg_gx": u(-0.4, 0.4), "bg_gy": u(-0.4, 0.4), "clutter_on": (rng.random(n) < 0.35) * 1.0,
@@ -270,8 +279,16 @@ def _render_chunk(p: dict[str, np.ndarray], size: int, rng: np.random.Generator)
     v = (-sin * dx + cos * dy) / s["scale"]
     _draw_head(canvas, s, p, u, v, w)
     _draw_features(canvas, s, p, u, v, w)
-    _draw_occluders(canvas, s, p, u, v, w)
+    rare = np.flatnonzero(p["glasses"] + p["sunglasses"] + p["occ_on"])   # only these need drawing
+    if len(rare):
+        sub = canvas[:, rare]
+        _draw_occluders(sub, _take(s, rare), _take(p, rare), u[rare], v[rare], w[rare])
+        canvas[:, rare] = sub
     return _camera(canvas, s, p, X, Y, rng)
+
+
+def _take(d: dict[str, np.ndarray], index: np.ndarray) -> dict[str, np.ndarray]:
+    return {key: val[index] for key, val in d.items()}
 
 
 def _draw_head(canvas: np.ndarray, s: dict, p: dict, u: np.ndarray, v: np.ndarray,
@@ -443,13 +460,15 @@ def _read_cache(path: Path, opts: SynthFEROptions) -> dict[str, np.ndarray] | No
     try:
         with np.load(path, allow_pickle=False) as data:
             arrays = {key: np.array(data[key]) for key in _CACHE_KEYS}
-    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
-        return None
+    except (OSError, ValueError, KeyError, EOFError, RuntimeError, zipfile.BadZipFile):
+        return None   # unreadable (crash, disk full, manual edit): regenerate
     shape = (opts.image_size, opts.image_size, 3)
+    labels = [arrays[k] for k in ("train_labels", "train_clean_labels", "test_labels")]
     ok = (arrays["train_images"].shape == (opts.n_train, *shape)
           and arrays["test_images"].shape == (opts.n_test, *shape)
-          and len(arrays["train_labels"]) == opts.n_train == len(arrays["train_clean_labels"])
-          and len(arrays["test_labels"]) == opts.n_test)
+          and arrays["train_images"].dtype == arrays["test_images"].dtype == np.uint8
+          and [len(y) for y in labels] == [opts.n_train, opts.n_train, opts.n_test]
+          and all(y.dtype == np.int64 and ((y >= 0) & (y < 7)).all() for y in labels))
     return arrays if ok else None
 
 
@@ -493,6 +512,7 @@ def load_bundle(opts: SynthFEROptions) -> DataBundle:
         "generator": f"synthfer v{GENERATOR_VERSION}", "options": asdict(opts),
         "cache_file": str(cache_path(opts)), "from_cache": from_cache,
         "train_class_counts": np.bincount(arrays["train_labels"], minlength=7).tolist(),
+        "train_clean_class_counts": np.bincount(arrays["train_clean_labels"], minlength=7).tolist(),
         "test_class_counts": np.bincount(arrays["test_labels"], minlength=7).tolist(),
         "noisy_train_labels": flipped,
     }

@@ -203,5 +203,9 @@ def resolve(layers: list[dict[str, Any]]) -> dict[str, Any]:
 
 def config_hash(cfg: dict[str, Any]) -> str:
     """A short stable hash of everything that changes results (not where they are written)."""
-    keep = {k: v for k, v in cfg.items() if k not in ("out", "progress", "tensorboard", "num_workers")}
+    # Where data sets are mounted does not change results: a moved data folder, or cluster nodes
+    # mounting it at different paths, must not make finished runs look stale.
+    ignored = ("out", "progress", "tensorboard", "num_workers", "data_root", "unlabeled_extra_root",
+               "test_data_root")
+    keep = {k: v for k, v in cfg.items() if k not in ignored}
     return hashlib.sha256(json.dumps(keep, sort_keys=True, default=str).encode()).hexdigest()[:12]

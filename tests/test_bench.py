@@ -1,0 +1,277 @@
+"""The bench harness: grid/suite expansion, sharding, resumability, failures, kill-and-rerun, outputs."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from sslzoo.bench import grid as G
+from sslzoo.bench.commands import build_cells
+from sslzoo.bench.results import BASE_COLUMNS, TAIL_COLUMNS, class_column
+from sslzoo.cli import build_parser, main, _register_extra_commands
+from sslzoo.config import config_hash
+from sslzoo.errors import SSLZooError
+
+REPO = Path(__file__).resolve().parents[1]
+# tests/conftest.py TINY as bench flags (a run takes seconds)
+TINY_FLAGS = ["--set", "data.n_train=420", "--set", "data.n_test=140", "--epochs", "1", "--iters-per-epoch", "3",
+              "--batch-size", "8", "--mu", "1", "--set", "num_workers=0", "--set", "tensorboard=false", "--set",
+              "eval_batch_size=256", "--backbone", "smallcnn", "--set", "backbone.width=8", "--no-progress"]
+
+
+def _args(argv: list[str]):
+    _register_extra_commands()
+    return build_parser().parse_args(argv)
+
+
+def _cells(argv: list[str]):
+    return build_cells(_args(["bench", *argv]))
+
+
+def _write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+def _starts(run_dir: Path) -> int:
+    """How many times the bench launched this run (one '=== ... starting' line per launch)."""
+    log = run_dir / "log.txt"
+    return sum(" starting " in ln or " resuming " in ln for ln in log.read_text().splitlines()) if log.exists() else 0
+
+
+# ----------------------------------------------------------------------------- parsing and the grid
+
+def test_seeds_labels_shard_parsing():
+    assert G.parse_seeds("5") == [0, 1, 2, 3, 4]
+    assert G.parse_seeds(5) == [0, 1, 2, 3, 4]
+    assert G.parse_seeds("0,3,7") == [0, 3, 7]
+    assert G.parse_seeds([0, 3, 7]) == [0, 3, 7]
+    assert G.parse_seeds("3,") == [3]
+    for bad in ("0", "-1", "a", "1,1", "0,x"):
+        with pytest.raises(SSLZooError):
+            G.parse_seeds(bad)
+    assert G.parse_list("supervised, fixmatch,,adacm") == ["supervised", "fixmatch", "adacm"]
+    assert G.parse_labels("70,140") == [70, 140]
+    with pytest.raises(SSLZooError, match="whole number"):
+        G.parse_labels("70,many")
+    assert G.parse_shard("2/4") == (2, 4)
+    for bad in ("4/4", "1", "-1/2", "a/b"):
+        with pytest.raises(SSLZooError, match="--shard"):
+            G.parse_shard(bad)
+    assert G.slug("FT = 0.5") == "FT_0.5" and G.slug("Ada-CM (L_u + L_c)") == "Ada-CM_L_u_+_L_c"
+
+
+def test_grid_expansion_count_list_and_flags(tmp_path):
+    suite, _, out, cells = _cells(["--algos", "supervised,fixmatch", "--dataset", "synthfer", "--labels", "35,70",
+                                   "--seeds", "0,3,7", "--out", str(tmp_path / "b"), *TINY_FLAGS, "--epochs", "2"])
+    assert [m.name for m in suite.methods] == ["supervised", "fixmatch"]
+    assert len(cells) == 2 * 2 * 3
+    assert {c.seed for c in cells} == {0, 3, 7}
+    assert len({c.rel_dir for c in cells}) == len(cells)
+    assert cells[0].rel_dir == "runs/synthfer-35/supervised/seed0"
+    # execution order: every method and setting at the first seed before the next seed
+    assert [c.seed for c in cells[:4]] == [0, 0, 0, 0] and cells[4].seed == 3
+    for c in cells:
+        assert c.cfg["algo"] == c.method and c.cfg["seed"] == c.seed and c.cfg["epochs"] == 2
+        assert c.cfg["labels"] == int(c.rel_dir.split("/")[1].split("-")[1])
+        assert Path(c.cfg["out"]) == (out / c.rel_dir).resolve()
+    # --seeds 5 is a count; the default is 3 seeds
+    _, _, _, five = _cells(["--algos", "supervised", "--dataset", "synthfer", "--labels", "35", "--seeds", "5",
+                            "--out", str(tmp_path / "c"), *TINY_FLAGS])
+    assert [c.seed for c in five] == [0, 1, 2, 3, 4]
+    _, _, _, default = _cells(["--algos", "supervised", "--dataset", "synthfer", "--labels", "35",
+                               "--out", str(tmp_path / "d"), *TINY_FLAGS])
+    assert [c.seed for c in default] == [0, 1, 2]
+
+
+SUITE = """\
+name: mini
+description: a test suite in the configs/paper/table1.yaml format
+defaults: {backbone: {name: smallcnn, width: 8}, epochs: 3, iters_per_epoch: 5, seeds: [0, 1]}
+settings:
+  - {dataset: synthfer, labels: 35}
+  - {dataset: synthfer, labels: 70, mu: 3}
+methods:
+  - {name: Baseline, algo: supervised}
+  - {name: "FT = 0.5", algo: adacm, policy: "fixed:0.5", adacm: {lambda_c: 0.0}}
+  - {name: Ada-CM, algo: adacm, epochs: 4}
+"""
+
+
+def test_suite_parsing_and_per_row_overrides(tmp_path):
+    path = _write(tmp_path / "mini.yaml", SUITE)
+    suite, _, _, cells = _cells(["--suite", str(path), "--out", str(tmp_path / "b"), "--set", "data.n_train=420"])
+    assert suite.name == "mini" and suite.seeds == [0, 1] and suite.default_baseline() == "Baseline"
+    assert len(cells) == 3 * 2 * 2
+    by = {(c.method, c.cfg["labels"], c.seed): c.cfg for c in cells}
+    ft = by[("FT = 0.5", 35, 0)]
+    assert ft["policy"] == "fixed:0.5" and ft["adacm"]["lambda_c"] == 0.0
+    assert ft["adacm"]["lambda_u"] == 1.0                       # untouched keys keep their defaults
+    assert by[("Ada-CM", 35, 1)]["adacm"]["lambda_c"] == 0.1    # rows do not leak into each other
+    assert by[("Ada-CM", 70, 0)]["epochs"] == 4 and by[("Baseline", 70, 0)]["epochs"] == 3   # method key
+    assert by[("Baseline", 70, 0)]["mu"] == 3 and by[("Baseline", 35, 0)]["mu"] != 3         # setting key
+    assert all(c["backbone"]["name"] == "smallcnn" and c["backbone"]["width"] == 8 for c in by.values())
+    assert all(c["data"] == {"n_train": 420} for c in by.values())
+    assert next(c for c in cells if c.method == "FT = 0.5").rel_dir.startswith("runs/synthfer-35/FT_0.5/")
+
+    # the command line overrides the suite (defaults and rows); --seeds and filters select
+    _, _, _, smoke = _cells(["--suite", str(path), "--out", str(tmp_path / "b"), "--epochs", "1", "--seeds", "1",
+                             "--algos", "adacm", "--labels", "70"])
+    assert {(c.method, c.cfg["labels"], c.seed, c.cfg["epochs"]) for c in smoke} == \
+        {("FT = 0.5", 70, 0, 1), ("Ada-CM", 70, 0, 1)}
+
+    # a typo in a row fails before anything runs, naming the row
+    _write(path, SUITE.replace("adacm: {lambda_c: 0.0}", "adacm: {lambda_cc: 0.0}"))
+    with pytest.raises(SSLZooError, match=r"FT = 0.5.*adacm\.lambda_cc.*lambda_c"):
+        _cells(["--suite", str(path), "--out", str(tmp_path / "b")])
+    _write(path, SUITE.replace("settings:", "setings:"))
+    with pytest.raises(SSLZooError, match="Did you mean 'settings'"):
+        _cells(["--suite", str(path), "--out", str(tmp_path / "b")])
+
+
+def test_builtin_suites_parse_and_default_resolves(tmp_path, monkeypatch):
+    for name in ("default", "paper/table2", "paper/table3", "paper/table4"):
+        suite = G.load_suite(name)
+        assert suite.methods and suite.settings and len(suite.seeds) >= 3
+    t2 = G.load_suite("paper/table2")
+    assert [m.name for m in t2.methods] == ["Baseline", "Pseudo-Labeling", "MixMatch", "UDA", "ReMixMatch",
+                                            "FixMatch", "Ada-CM"]
+    assert [(s.dataset, s.labels) for s in t2.settings] == [
+        ("rafdb", 100), ("rafdb", 400), ("rafdb", 2000), ("rafdb", 4000), ("sfew", 100), ("sfew", 400),
+        ("affectnet", 2000), ("affectnet", 10000)]
+    assert t2.seeds == [0, 1, 2, 3, 4] and all(s.overrides.get("unlabeled_extra") == "rafdb"
+                                                for s in t2.settings if s.dataset == "sfew")
+    _, _, _, cells = _cells(["--out", str(tmp_path / "b")])     # bare `sslzoo bench` = the default suite
+    assert {c.cfg["algo"] for c in cells} == {"supervised", "fixmatch", "adacm"} and len(cells) == 9
+    # data folders come from ${VAR}s; an unset one is named before anything runs
+    monkeypatch.delenv("RAFDB_ROOT", raising=False)
+    with pytest.raises(SSLZooError, match="RAFDB_ROOT"):
+        _cells(["--suite", "paper/table3", "--algos", "supervised", "--out", str(tmp_path / "t3")])
+    monkeypatch.setenv("RAFDB_ROOT", str(tmp_path))
+    _, _, _, t3 = _cells(["--suite", "paper/table3", "--algos", "supervised", "--out", str(tmp_path / "t3")])
+    assert all(c.cfg["data_root"] == str(tmp_path) and c.cfg["backbone"]["name"] == "wrn28_2" for c in t3)
+
+
+def test_unknown_algorithm_fails_before_any_run(tmp_path, capsys):
+    out = tmp_path / "b"
+    rc = main(["bench", "--algos", "supervised,fixmatc", "--dataset", "synthfer", "--labels", "35",
+               "--out", str(out), *TINY_FLAGS])
+    assert rc == 2
+    assert "Did you mean 'fixmatch'" in capsys.readouterr().err
+    assert not (out / "runs").exists()
+
+
+def test_shards_cover_the_grid_exactly_once(tmp_path):
+    _, _, _, cells = _cells(["--algos", "supervised,fixmatch,adacm", "--dataset", "synthfer", "--labels", "35,70",
+                             "--seeds", "5", "--out", str(tmp_path / "b"), *TINY_FLAGS])
+    assert len(cells) == 30
+    everything = sorted(c.rel_dir for c in cells)
+    for n in range(1, 5):
+        parts = [[c.rel_dir for c in G.shard(cells, i, n)] for i in range(n)]
+        assert sorted(d for p in parts for d in p) == everything          # covered exactly once
+        assert max(map(len, parts)) - min(map(len, parts)) <= 1            # balanced
+    # deterministic: another process building the same grid (in another order) gets the same shard
+    again = list(reversed(_cells(["--algos", "supervised,fixmatch,adacm", "--dataset", "synthfer", "--labels",
+                                  "35,70", "--seeds", "5", "--out", str(tmp_path / "b"), *TINY_FLAGS])[3]))
+    assert {c.rel_dir for c in G.shard(again, 1, 3)} == {c.rel_dir for c in G.shard(cells, 1, 3)}
+
+
+# ----------------------------------------------------------------------------- running
+
+E2E_SUITE = """\
+name: e2e
+defaults: {seeds: 1}
+settings:
+  - {dataset: synthfer, labels: 35}
+methods:
+  - {name: supervised, algo: supervised}
+  - {name: fixmatch, algo: fixmatch}
+  - {name: exploding, algo: supervised, optim: {lr: 1.0e+30}}   # the loss becomes non-finite: diverged
+  - {name: greedy, algo: supervised, labels: 9999}              # more labels than a class has: fails at start
+"""
+
+
+def test_bench_records_failures_writes_outputs_and_resumes(tmp_path, capsys):
+    suite = _write(tmp_path / "e2e.yaml", E2E_SUITE)
+    out = tmp_path / "bench"
+    argv = ["bench", "--suite", str(suite), "--out", str(out), *TINY_FLAGS]
+    assert main(argv + ["--jobs", "2"]) == 1           # 1: not every run finished (all are recorded)
+    printed = capsys.readouterr().out
+    assert "| supervised |" in printed and "| fixmatch |" in printed
+
+    df = pd.read_csv(out / "results.csv")
+    assert len(df) == 4 and not df.duplicated(["method", "labels", "seed"]).any()
+    status = dict(zip(df["method"], df["status"]))
+    assert status == {"supervised": "finished", "fixmatch": "finished", "exploding": "diverged", "greedy": "failed"}
+    errors = dict(zip(df["method"], df["error"].fillna("")))
+    assert "non-finite" in errors["exploding"] and "exit code 3" in errors["exploding"]
+    assert "labels" in errors["greedy"] and "exit code 2" in errors["greedy"]
+    assert errors["supervised"] == "" and df.set_index("method").loc["greedy", "setting"] == "synthfer-9999"
+    classes = ["surprise", "fear", "disgust", "happiness", "sadness", "anger", "neutral"]
+    assert list(df.columns) == BASE_COLUMNS + [class_column(c) for c in classes] + TAIL_COLUMNS
+    fin = df[df["status"] == "finished"]
+    assert fin[["final_acc", "best_test_acc", "mean_class_acc", "wall_time_s", "img_per_s"]].notna().all().all()
+    assert (fin["epochs"] == 1).all() and (fin["epochs_done"] == 1).all()
+    assert set(df["torch_version"].astype(str)) == {__import__("torch").__version__}
+    fm = df[df["method"] == "fixmatch"].iloc[0]
+    metrics = json.loads((out / fm["run_dir"] / "metrics.json").read_text())
+    assert fm["final_acc"] == pytest.approx(metrics["final_acc"]) and fm["config_hash"] == metrics["config_hash"]
+    assert fm["policy"] == metrics["policy"]
+    for name in ("table.md", "table.csv", "table.tex", "comparison.csv", "bench.json", "plots/accuracy_curves.png"):
+        assert (out / name).is_file(), name
+    assert "exploding" in (out / "table.md").read_text()
+
+    # rerun after losing one run's files: only that run trains again; failed/diverged ones are kept
+    runs = {r.method: out / r.run_dir for r in df.itertuples()}
+    kept = runs["supervised"] / "metrics.json"
+    before = kept.stat().st_mtime_ns
+    for name in ("result.json", "metrics.json"):
+        (runs["fixmatch"] / name).unlink()
+    assert main(argv + ["--no-plots"]) == 1
+    assert _starts(runs["fixmatch"]) == 2
+    assert all(_starts(d) == 1 for m, d in runs.items() if m != "fixmatch")
+    assert kept.stat().st_mtime_ns == before
+    df2 = pd.read_csv(out / "results.csv")
+    assert len(df2) == 4 and dict(zip(df2["method"], df2["status"])) == status
+
+    # a lost row file alone is rebuilt from metrics.json by the next bench, without training
+    (runs["supervised"] / "result.json").unlink()
+    assert main(argv + ["--no-plots"]) == 1
+    assert (runs["supervised"] / "result.json").is_file() and _starts(runs["supervised"]) == 1
+    assert len(pd.read_csv(out / "results.csv")) == 4
+    capsys.readouterr()
+    assert main(["table", str(out), "--format", "latex", "--metric", "best"]) == 0
+    assert "\\begin{tabular}" in capsys.readouterr().out and "[metric: best]" in (out / "table.md").read_text()
+
+
+def test_killed_bench_loses_and_duplicates_nothing(tmp_path):
+    """SIGKILL a bench (a forked copy of this process: no interpreter start-up) after its first run."""
+    import multiprocessing
+    out = tmp_path / "bench"
+    argv = ["bench", "--algos", "supervised", "--dataset", "synthfer", "--labels", "35", "--seeds", "2",
+            "--out", str(out), "--no-plots", *TINY_FLAGS]
+    first, second = out / "runs/synthfer-35/supervised/seed0", out / "runs/synthfer-35/supervised/seed1"
+    bench = multiprocessing.get_context("fork").Process(target=main, args=(argv,))
+    bench.start()
+    try:   # kill it once the first run has finished and the second one has been started
+        deadline = time.time() + 120
+        while not ((first / "result.json").exists() and _starts(second)):
+            assert bench.is_alive() and time.time() < deadline, "the bench ended before its second run started"
+            time.sleep(0.05)
+        time.sleep(0.3)
+    finally:
+        os.kill(bench.pid, signal.SIGKILL)
+        bench.join()
+    before = (first / "metrics.json").stat().st_mtime_ns
+    assert main(argv) == 0     # waits for the orphaned run to stop (it checkpoints), then resumes / restarts it
+    df = pd.read_csv(out / "results.csv")
+    assert sorted(df["seed"]) == [0, 1] and set(df["status"]) == {"finished"}
+    assert (first / "metrics.json").stat().st_mtime_ns == before and _starts(first) == 1
+    assert _starts(second) == 2
+    metrics = json.loads((second / "metrics.json").read_text())
+    assert metrics["status"] == "finished" and metrics["epochs_done"] == 1

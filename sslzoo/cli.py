@@ -4,6 +4,12 @@ User errors (SSLZooError) print as one paragraph and exit 2; --debug shows the t
 """
 from __future__ import annotations
 
+import os
+
+# Before torch loads OpenMP: spin-waiting threads made steps 2.5-8x slower on shared machines
+# (docs/performance.md); passive waiting is within noise of the default on an idle one.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 import argparse
 import json
 import sys

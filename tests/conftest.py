@@ -1,6 +1,10 @@
 """Shared fixtures: an isolated cache and a tiny, fast training configuration."""
 from __future__ import annotations
 
+import os
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")   # before torch is imported (see sslzoo/cli.py)
+
 from pathlib import Path
 from typing import Any
 

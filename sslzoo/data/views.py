@@ -23,6 +23,8 @@ import torch
 from torch import Tensor
 from torchvision.transforms import v2
 
+from ..errors import SSLZooError
+
 MEAN = (0.485, 0.456, 0.406)   # ImageNet statistics, as the official Ada-CM code
 STD = (0.229, 0.224, 0.225)
 VIEW_NAMES = ("plain", "weak", "strong")
@@ -47,6 +49,9 @@ class Views:
     def __init__(self, image_size: int, cfg: AugmentConfig):
         self.cfg = cfg
         self.pad = int(round(cfg.crop_padding * image_size))
+        if not 0 <= self.pad < image_size:   # reflect padding cannot reach past the opposite edge
+            raise SSLZooError(f"augment.crop_padding={cfg.crop_padding} gives {self.pad} pixels of padding for "
+                              f"{image_size}-pixel images; it must be in [0, 1) of the image side.")
         self.randaugment = v2.RandAugment(num_ops=cfg.randaugment_n, magnitude=cfg.randaugment_m)
 
     # -- batches ------------------------------------------------------------------------

@@ -1,0 +1,180 @@
+"""The throughput benchmark runs and reports its JSON shape; the batched data path is exact.
+
+No timing assertions: timings on a shared machine are noise. What is checked is that
+the benchmark runs end to end with tiny sizes, and that the vectorized augmentations
+equal their per-image definitions and keep batches a pure function of (seed, step, rank).
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+import yaml
+
+from sslzoo.data.base import ImageSet
+from sslzoo.data.pipeline import BatchPlan, StepBatches, step_loader, view_batches
+from sslzoo.data.views import AugmentConfig, Views, crop_flip, cutout_batch, fill_boxes, normalize_batch
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+# -- the batched views equal their per-image definitions ---------------------------------------
+def test_crop_flip_equals_reflect_pad_then_slice():
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 256, (12, 3, 10, 7), dtype=torch.uint8, generator=gen)
+    pad = 3
+    offsets = torch.randint(-pad, pad + 1, (12, 2), generator=gen)
+    offsets[0] = torch.tensor([-pad, pad])          # the extreme corners are covered
+    offsets[1] = torch.tensor([pad, -pad])
+    flip = torch.arange(12) % 2 == 0
+    out = crop_flip(x, offsets, flip)
+    for i in range(12):   # reference: the per-image definition (float round trip for F.pad's reflect)
+        padded = F.pad(x[i][None].float(), (pad,) * 4, mode="reflect")[0].to(torch.uint8)
+        dy, dx = offsets[i].tolist()
+        ref = padded[:, pad + dy:pad + dy + 10, pad + dx:pad + dx + 7]
+        assert torch.equal(out[i], ref.flip(-1) if flip[i] else ref), i
+
+
+def test_crop_flip_identity_without_offset_or_flip():
+    x = torch.arange(2 * 3 * 4 * 5, dtype=torch.uint8).view(2, 3, 4, 5)
+    assert torch.equal(crop_flip(x, torch.zeros(2, 2, dtype=torch.long), torch.zeros(2, dtype=torch.bool)), x)
+    flipped = crop_flip(x, torch.zeros(2, 2, dtype=torch.long), torch.ones(2, dtype=torch.bool))
+    assert torch.equal(flipped, x.flip(-1))
+
+
+def test_fill_boxes_equals_slice_assignment():
+    x = torch.zeros(3, 3, 6, 6, dtype=torch.uint8)
+    y0, y1 = torch.tensor([0, 2, 3]), torch.tensor([2, 5, 3])   # the last box is empty
+    x0, x1 = torch.tensor([1, 0, 0]), torch.tensor([4, 6, 6])
+    out = fill_boxes(x, y0, y1, x0, x1, value=127)
+    ref = x.clone()
+    for i in range(3):
+        ref[i, :, y0[i]:y1[i], x0[i]:x1[i]] = 127
+    assert torch.equal(out, ref)
+    assert int((out[2] != 0).sum()) == 0
+
+
+def test_cutout_boxes_have_the_configured_size_bound():
+    torch.manual_seed(1)
+    x = torch.zeros(200, 3, 16, 16, dtype=torch.uint8)
+    out = cutout_batch(x, 0.5)
+    area = (out[:, 0] == 127).sum(dim=(1, 2))
+    assert int(area.max()) <= 8 * 8 and int(area.max()) > 0
+    assert torch.equal(out[:, 0], out[:, 2])   # the same square in every channel
+
+
+def test_padding_as_large_as_the_image_is_a_user_error():
+    from sslzoo.errors import SSLZooError
+    with pytest.raises(SSLZooError, match="crop_padding"):
+        Views(8, AugmentConfig(crop_padding=1.0))
+
+
+def test_normalize_batch_matches_formula():
+    x = torch.randint(0, 256, (2, 3, 4, 4), dtype=torch.uint8)
+    mean = torch.tensor((0.485, 0.456, 0.406)).view(1, 3, 1, 1)
+    std = torch.tensor((0.229, 0.224, 0.225)).view(1, 3, 1, 1)
+    ref = (x.float() / 255.0 - mean) / std
+    assert torch.allclose(normalize_batch(x, torch.device("cpu")), ref, atol=1e-6)
+    cl = normalize_batch(x, torch.device("cpu"), channels_last=True)
+    assert cl.is_contiguous(memory_format=torch.channels_last) and torch.allclose(cl, ref, atol=1e-6)
+
+
+# -- batches stay a pure function of (seed, step, rank) ----------------------------------------
+def _pools(n: int = 60, size: int = 12) -> tuple[ImageSet, ImageSet]:
+    rng = np.random.default_rng(0)
+    def make(k: int, tag: str) -> ImageSet:
+        return ImageSet(rng.integers(0, 256, (k, size, size, 3), dtype=np.uint8), np.arange(k) % 7,
+                        [f"{tag}{i}" for i in range(k)])
+    return make(n // 3, "l"), make(n, "u")
+
+
+def _batches(seed: int = 3) -> StepBatches:
+    labeled, unlabeled = _pools()
+    return StepBatches(labeled, unlabeled, BatchPlan(4, 2, 5), seed, "weak", ("weak", "strong"),
+                       Views(12, AugmentConfig()))
+
+
+def _equal(a: dict, b: dict) -> bool:
+    return (torch.equal(a["x_l"], b["x_l"]) and torch.equal(a["y_l"], b["y_l"])
+            and all(torch.equal(u, v) for u, v in zip(a["u_views"], b["u_views"]))
+            and torch.equal(a["u_index"], b["u_index"]))
+
+
+def test_step_batches_are_pure_and_leave_the_global_rng_alone():
+    sb = _batches()
+    torch.manual_seed(123)
+    state = torch.get_rng_state()
+    b7 = sb[7]
+    assert torch.equal(torch.get_rng_state(), state)   # num_workers=0 must not reseed training's RNG
+    assert _equal(_batches()[7], b7)                    # another instance, other steps not visited
+    sb[3]
+    assert _equal(sb[7], b7)                            # order of access does not matter
+    assert not _equal(sb[8], b7)
+    assert b7["x_l"].shape == (4, 3, 12, 12) and b7["x_l"].dtype == torch.uint8
+    assert [v.shape[0] for v in b7["u_views"]] == [8, 8]
+
+
+def test_loader_output_does_not_depend_on_worker_count():
+    sb = _batches()
+    serial = list(step_loader(sb, 2, 6, 0, False))
+    parallel = list(step_loader(sb, 2, 6, 2, False))
+    assert len(serial) == len(parallel) == 4
+    assert all(_equal(a, b) for a, b in zip(serial, parallel))
+
+
+def test_view_batches_deterministic_and_isolated():
+    labeled, _ = _pools()
+    views = Views(12, AugmentConfig())
+    first = [x for x, _ in view_batches(labeled, views, "weak", 5, 7)]
+    interleaved = []
+    for x, _ in view_batches(labeled, views, "weak", 5, 7):
+        torch.rand(100)   # the caller's random draws between chunks change nothing
+        interleaved.append(x)
+    assert all(torch.equal(a, b) for a, b in zip(first, interleaved))
+    plain = torch.cat([x for x, _ in view_batches(labeled, views, "plain", 0, 7)])
+    assert torch.equal(plain, torch.from_numpy(labeled.images).permute(0, 3, 1, 2))
+
+
+# -- the benchmark itself ----------------------------------------------------------------------
+def test_throughput_cli_emits_json_shape(tmp_path, tiny, capsys):
+    from sslzoo.cli import main
+    from sslzoo.perf import REQUIRED_KEYS
+    cfg = tiny(tmp_path)
+    cfg_file = tmp_path / "tiny.yaml"
+    cfg_file.write_text(yaml.safe_dump(cfg))
+    out = tmp_path / "throughput.json"
+    rc = main(["throughput", "--config", str(cfg_file), "--algos", "supervised,fixmatch",
+               "--repeats", "1", "--iters", "1", "--warmup", "0", "--loader-steps", "1",
+               "--e2e-steps", "1", "--e2e-warmup", "1", "--e2e-repeats", "1", "--workdir", str(tmp_path / "work"), "--json", str(out)])
+    assert rc == 0
+    result = json.loads(out.read_text())
+    assert set(result) == {"machine", "config", "algorithms"}
+    assert {"cpu", "cores", "torch", "threads", "device"} <= set(result["machine"])
+    assert result["config"]["batch_size"] == cfg["batch_size"] and result["config"]["mu"] == cfg["mu"]
+    assert set(result["algorithms"]) == {"supervised", "fixmatch"}
+    for name, r in result["algorithms"].items():
+        assert "error" not in r, r.get("error")
+        for key in REQUIRED_KEYS:
+            assert isinstance(r[key], float) and r[key] > 0, (name, key)
+        assert r["step_over_raw"] == pytest.approx(r["raw_img_s"] / r["step_img_s"])
+        assert r["e2e_over_step"] == pytest.approx(r["e2e_img_s"] / r["step_img_s"])
+        assert r["e2e_over_step_paired"] > 0 and 0 < r["e2e_in_step_fraction"] <= 1
+    fm, sup = result["algorithms"]["fixmatch"], result["algorithms"]["supervised"]
+    assert fm["images_per_step"] == cfg["batch_size"] * (1 + 2 * cfg["mu"])
+    assert sup["images_per_step"] == cfg["batch_size"]
+    assert "separate_over_concat" in fm and "separate_over_concat" not in sup
+    table = capsys.readouterr().out
+    assert "| fixmatch |" in table and "step/raw" in table
+
+
+def test_benchmarks_entry_point_is_the_same_command(monkeypatch):
+    monkeypatch.syspath_prepend(str(REPO))
+    sys.modules.pop("benchmarks.throughput", None)
+    import benchmarks.throughput as entry
+    from sslzoo import perf
+    assert entry.main is perf.main

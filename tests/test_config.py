@@ -16,7 +16,10 @@ from sslzoo.policies import build_policy
 def test_defaults_resolve_and_keep_only_the_active_algorithm_section():
     cfg = resolve([{"algo": "fixmatch"}])
     assert cfg["algo"] == "fixmatch" and "fixmatch" in cfg and "adacm" not in cfg
-    assert cfg["optim"]["lr"] == DEFAULTS["optim"]["lr"]
+    # keys no layer touches keep the defaults; the data set's YAML layer applies on top
+    assert cfg["optim"]["weight_decay"] == DEFAULTS["optim"]["weight_decay"]
+    synthfer_yaml = load_yaml(config_mod.builtin_config_dir() / "datasets" / "synthfer.yaml")
+    assert cfg["optim"]["lr"] == synthfer_yaml["optim"]["lr"]
 
 
 def test_unknown_top_level_key_gets_did_you_mean():

@@ -13,7 +13,6 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import argparse
 import json
 import sys
-from pathlib import Path
 from typing import Any, Callable
 
 from .errors import DivergedError, SSLZooError

@@ -19,7 +19,7 @@ def _default_mode() -> int:
 _FILE_MODE = _default_mode()
 
 
-def atomic_write(path: str | Path, write: Callable[[Any], None], mode: str = "w") -> None:
+def atomic_write(path: str | Path, write: Callable[[Any], None], mode: str = "w", **open_kwargs: Any) -> None:
     """Write through a temp file in the same folder, fsync, then rename over ``path``.
 
     A crash or kill at any moment leaves either the old file or the new one, never
@@ -30,7 +30,7 @@ def atomic_write(path: str | Path, write: Callable[[Any], None], mode: str = "w"
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, mode) as f:
+        with os.fdopen(fd, mode, **open_kwargs) as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())

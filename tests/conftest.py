@@ -9,6 +9,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import torch.nn.functional as F
+from torch import nn
 
 from sslzoo.config import resolve
 
@@ -47,3 +49,20 @@ def tiny_config(tmp_path: Path, **overrides: Any) -> dict[str, Any]:
 @pytest.fixture
 def tiny():
     return tiny_config
+
+
+
+class TinyNet(nn.Module):
+    """conv -> BN -> pooled features -> linear, returning (logits, feature) like every backbone.
+
+    No dropout, so repeated passes are deterministic (the algorithm tests rely on it).
+    """
+
+    def __init__(self, classes: int = 3):
+        super().__init__()
+        self.conv, self.bn, self.fc = nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.Linear(4, classes)
+        self.feature_dim = 4
+
+    def forward(self, x):
+        h = F.relu(self.bn(self.conv(x))).mean(dim=(2, 3))
+        return self.fc(h), h

@@ -1,13 +1,13 @@
 """Mean Teacher: MSE consistency against the EMA teacher on another view, sigmoid ramp, BN handling."""
 from __future__ import annotations
 
+from tests.conftest import TinyNet
+
 import copy
 import math
 
 import pytest
 import torch
-import torch.nn.functional as F
-from torch import nn
 
 from sslzoo.algorithm import Batch, ForwardOutput, StepContext
 from sslzoo.algorithms.meanteacher import MeanTeacher, consistency_mse, teacher_logits
@@ -15,17 +15,7 @@ from sslzoo.ramps import sigmoid_rampup, warmup_factor
 from sslzoo.trainer import train
 
 
-class Tiny(nn.Module):
-    """conv -> BN -> pooled features -> linear; no dropout, so passes are deterministic."""
-
-    def __init__(self, classes: int = 3):
-        super().__init__()
-        self.conv, self.bn, self.fc = nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.Linear(4, classes)
-        self.feature_dim = 4
-
-    def forward(self, x):
-        h = F.relu(self.bn(self.conv(x))).mean(dim=(2, 3))
-        return self.fc(h), h
+Tiny = TinyNet
 
 
 def ctx(step=10, total=10, ema=None, mode="separate") -> StepContext:

@@ -1,13 +1,14 @@
 """MixMatch: sharpening, MixUp convexity, interleaving, label guessing, the step's wiring, smoke run."""
 from __future__ import annotations
 
+from tests.conftest import TinyNet
+
 import copy
 import math
 
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from sslzoo.algorithm import Batch, StepContext
 from sslzoo.algorithms.mixmatch import MixMatch, guess_labels, probs_mse, soft_ce
@@ -15,15 +16,7 @@ from sslzoo.mixup import frozen_bn_stats, interleave, mix, mixed_forward, mixup,
 from sslzoo.trainer import build_algorithm, train
 
 
-class Tiny(nn.Module):
-    def __init__(self, classes: int = 3):
-        super().__init__()
-        self.conv, self.bn, self.fc = nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.Linear(4, classes)
-        self.feature_dim = 4
-
-    def forward(self, x):
-        h = F.relu(self.bn(self.conv(x))).mean(dim=(2, 3))
-        return self.fc(h), h
+Tiny = TinyNet
 
 
 def ctx(step=0, total=64, mode="concat") -> StepContext:

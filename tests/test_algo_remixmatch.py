@@ -1,6 +1,8 @@
 """ReMixMatch: distribution alignment, rotation, the step's terms, state round trip, smoke and resume."""
 from __future__ import annotations
 
+from tests.conftest import TinyNet
+
 import copy
 import json
 import math
@@ -8,7 +10,6 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from sslzoo import checkpoint
 from sslzoo.algorithm import Batch, EpochContext, StepContext
@@ -18,15 +19,7 @@ from sslzoo.distributed import DistContext
 from sslzoo.trainer import train
 
 
-class Tiny(nn.Module):
-    def __init__(self, classes: int = 3):
-        super().__init__()
-        self.conv, self.bn, self.fc = nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.Linear(4, classes)
-        self.feature_dim = 4
-
-    def forward(self, x):
-        h = F.relu(self.bn(self.conv(x))).mean(dim=(2, 3))
-        return self.fc(h), h
+Tiny = TinyNet
 
 
 def ctx(step=0, total=64) -> StepContext:

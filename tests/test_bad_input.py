@@ -22,14 +22,6 @@ TINY_FLAGS = ["--dataset", "synthfer", "--labels", "35", "--epochs", "1", "--ite
               "--set", "eval_batch_size=256", "--set", "backbone.width=8"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny runs: one intra-op thread is much faster than two contended ones."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
     code = cli.main(list(argv))

@@ -14,7 +14,6 @@ from sslzoo.bench import grid as G
 from sslzoo.bench.commands import build_cells
 from sslzoo.bench.results import BASE_COLUMNS, TAIL_COLUMNS, class_column
 from sslzoo.cli import build_parser, main, _register_extra_commands
-from sslzoo.config import config_hash
 from sslzoo.errors import SSLZooError
 
 REPO = Path(__file__).resolve().parents[1]

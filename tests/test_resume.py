@@ -30,15 +30,6 @@ ADACM = {"algo": "adacm", "policy_args": {"floor": None}}
 FIXMATCH = {"algo": "fixmatch", "policy": "fixed:0.3"}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: these runs are tiny, and on a busy machine OpenMP's spinning threads
-    make them many times slower; also the subprocesses below run with OMP_NUM_THREADS=1."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def _state(out: Path) -> dict:
     return checkpoint.load(out / "checkpoint.pt")

@@ -14,11 +14,12 @@ said so in ``messages`` (and the log) instead of producing an empty PNG.
 """
 from __future__ import annotations
 
+from ..io import atomic_write
+
 import json
 import logging
 import math
 import os
-import tempfile
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -134,19 +135,8 @@ def _grid(n: int, ncols: int = 3, w: float = 4.6, h: float = 3.4) -> tuple[Figur
 
 
 def _save(fig: Figure, path: Path) -> Path:
-    """Save atomically (temp file in the same dir + os.replace)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix)
-    os.close(fd)
-    try:
-        fig.savefig(tmp, dpi=_DPI, format=path.suffix.lstrip(".") or "png")
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    """Save atomically through sslzoo.io.atomic_write (temp file in the same dir + os.replace)."""
+    atomic_write(path, lambda f: fig.savefig(f, dpi=_DPI, format=path.suffix.lstrip(".") or "png"), mode="wb")
     return path
 
 

@@ -43,12 +43,13 @@ Conventions
 """
 from __future__ import annotations
 
+from ..io import atomic_write
+
 import csv
 import io
 import logging
 import math
 import os
-import tempfile
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -441,21 +442,8 @@ def comparison_csv(summary: pd.DataFrame) -> str:
 
 
 def _atomic_write(path: Path, text: str) -> Path:
-    """Write via a temp file in the same directory + os.replace: readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    """UTF-8 text via sslzoo.io.atomic_write: readers never see half a file."""
+    atomic_write(path, lambda f: f.write(text), encoding="utf-8", newline="")
     return path
 
 

@@ -43,3 +43,16 @@ def test_train_on_rafdb_test_on_ckplus(tmp_path):
     assert np.isin(np.arange(7), data.test.labels).all()             # every class incl. neutral first frames
     metrics = train(cfg)
     assert metrics["test_dataset"] == "ckplus" and metrics["status"] == "finished"
+
+
+def test_sslzoo_data_cli_describes_a_data_set_and_explains_a_missing_root(tmp_path, capsys):
+    import json
+
+    from sslzoo.cli import main
+    make_sfew(tmp_path / "sfew", train=2, val=1)
+    assert main(["data", "sfew", "--data-root", str(tmp_path / "sfew"), "--json"]) == 0
+    described = json.loads(capsys.readouterr().out)
+    assert "14" in json.dumps(described) and "sfew" in json.dumps(described).lower()
+    assert main(["data", "rafdb", "--data-root", str(tmp_path / "missing")]) == 2
+    err = capsys.readouterr().err
+    assert "does not exist" in err and "EmoLabel" in err and "Traceback" not in err

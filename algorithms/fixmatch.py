@@ -10,6 +10,7 @@ Normalized by the whole unlabeled batch, as in its paper (``unsup_norm="batch"``
 from __future__ import annotations
 
 import torch
+from torch import Tensor
 
 from sslzoo.algorithm import (Batch, ForwardOutput, PolicyInput, SSLAlgorithm, StepContext, StepOutput,
                               masked_ce, pseudo_label_stats, supervised_ce)
@@ -30,12 +31,17 @@ class FixMatch(SSLAlgorithm):
         super().__init__(num_classes, policy)
         self.lambda_u, self.temperature, self.unsup_norm = lambda_u, temperature, unsup_norm
 
-    def losses(self, out: ForwardOutput, batch: Batch, ctx: StepContext) -> StepOutput:
+    def weak_to_strong(self, out: ForwardOutput, batch: Batch,
+                       ctx: StepContext) -> tuple[dict[str, Tensor], Tensor, Tensor]:
+        """The terms L_s and lambda_u L_u, plus the weights w and pseudo-labels (for subclasses' extra terms)."""
         sup, sup_per_sample = supervised_ce(out.logits_l, batch.y_l)
         logits_weak, logits_strong = out.u_logits
         q = torch.softmax(logits_weak.detach().float() / self.temperature, dim=-1)
         pseudo = q.argmax(dim=-1)
         w = self.policy(PolicyInput(q, batch.u_index, sup_per_sample), ctx)
         unsup = masked_ce(logits_strong, pseudo, w, self.unsup_norm)
-        return StepOutput({"sup": sup, "unsup": self.lambda_u * unsup},
-                          pseudo_label_stats(w, pseudo, batch.u_true))
+        return {"sup": sup, "unsup": self.lambda_u * unsup}, w, pseudo
+
+    def losses(self, out: ForwardOutput, batch: Batch, ctx: StepContext) -> StepOutput:
+        terms, w, pseudo = self.weak_to_strong(out, batch, ctx)
+        return StepOutput(terms, pseudo_label_stats(w, pseudo, batch.u_true))

@@ -21,8 +21,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from sslzoo.algorithm import (Batch, ForwardOutput, PolicyInput, StepContext, StepOutput, masked_ce,
-                              pseudo_label_stats, supervised_ce)
+from sslzoo.algorithm import Batch, ForwardOutput, StepContext, StepOutput, pseudo_label_stats
 from sslzoo.errors import SSLZooError
 from sslzoo.policies.freematch import FreeMatchThreshold
 from sslzoo.registry import register_algorithm
@@ -66,13 +65,8 @@ class FreeMatch(FixMatch):
                               f"--set freematch.lambda_f=0.")
 
     def losses(self, out: ForwardOutput, batch: Batch, ctx: StepContext) -> StepOutput:
-        sup, sup_per_sample = supervised_ce(out.logits_l, batch.y_l)
-        logits_weak, logits_strong = out.u_logits
-        q = torch.softmax(logits_weak.detach().float() / self.temperature, dim=-1)
-        pseudo = q.argmax(dim=-1)
-        w = self.policy(PolicyInput(q, batch.u_index, sup_per_sample), ctx)
-        terms = {"sup": sup, "unsup": self.lambda_u * masked_ce(logits_strong, pseudo, w, self.unsup_norm)}
+        terms, w, pseudo = self.weak_to_strong(out, batch, ctx)
         if self.lambda_f:
-            terms["fairness"] = self.lambda_f * fairness_loss(logits_strong, w > 0, self.policy.class_mean,
+            terms["fairness"] = self.lambda_f * fairness_loss(out.u_logits[1], w > 0, self.policy.class_mean,
                                                               self.policy.label_hist)
         return StepOutput(terms, pseudo_label_stats(w, pseudo, batch.u_true))

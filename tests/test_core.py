@@ -1,6 +1,8 @@
 """Registry, splits, backbones and checkpoint loading of backbone weights."""
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -71,6 +73,19 @@ def test_backbones_return_logits_and_unit_norm_features(name, size):
     logits, feats = model(torch.randn(2, 3, size, size))
     assert logits.shape == (2, 7)
     assert torch.allclose(feats.norm(dim=1), torch.ones(2), atol=1e-5)
+
+
+def test_backbone_options_a_factory_does_not_take_are_named_not_swallowed():
+    with pytest.warns(UserWarning, match=r"'smallcnn' ignores option\(s\) 'widht' \(did you mean 'width'\?\)"):
+        model = build_backbone({"name": "smallcnn", "widht": 8}, 7, 32)
+    default = build_backbone({"name": "smallcnn"}, 7, 32)
+    assert sum(p.numel() for p in model.parameters()) == sum(p.numel() for p in default.parameters())
+    with pytest.warns(UserWarning, match="'wrn28_2' ignores option\\(s\\) 'weights'"):
+        build_backbone({"name": "wrn28_2", "weights": "ms.pth"}, 7, 32)   # one --set for a mixed suite
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        build_backbone({"name": "smallcnn", "width": 8, "dropout": 0.1}, 7, 32)
+        build_backbone({"name": "resnet18", "small_input": None}, 7, 32)  # None: the factory's default
 
 
 def _msceleb_like_checkpoint(path, prefix="module.", drop=None):

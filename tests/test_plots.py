@@ -79,3 +79,18 @@ def test_plot_tsne(tmp_path):
     assert out == tmp_path / "sub" / "tsne.png" and _is_png(out)
     with pytest.raises(SSLZooError):
         P.plot_tsne(feats[:10], labels, ["a", "b", "c"], tmp_path / "bad.png")
+
+
+def test_load_runs_labels_by_suite_row_not_algorithm(tmp_path):
+    """Table 1's rows all run `adacm`; the bench's result.json names them, so they stay apart."""
+    a = _write_run(tmp_path, "ft08", "adacm", 0, thresholds=True)
+    b = _write_run(tmp_path, "full", "adacm", 0, thresholds=True)
+    c = _write_run(tmp_path, "plain", "supervised", 0, thresholds=False)
+    (a / "result.json").write_text(json.dumps({"method": "FT = 0.8"}), encoding="utf-8")
+    (b / "result.json").write_text(json.dumps({"method": "Ada-CM (L_u + L_c)"}), encoding="utf-8")
+    (c / "result.json").write_text("{not json", encoding="utf-8")          # unreadable: falls back
+    for d in (a, b, c):                                                    # a bare `sslzoo train` run
+        m = json.loads((d / "metrics.json").read_text(encoding="utf-8"))
+        del m["method"]
+        (d / "metrics.json").write_text(json.dumps(m), encoding="utf-8")
+    assert [r["method"] for r in P.load_runs([a, b, c])] == ["FT = 0.8", "Ada-CM (L_u + L_c)", "supervised"]

@@ -64,12 +64,26 @@ def load_runs(run_dirs: Iterable[str | os.PathLike], statuses: Sequence[str] = (
         if status not in statuses:
             skipped[f"status {status}"].append(str(d))
             continue
-        m.setdefault("method", m.get("algorithm", Path(d).name))
+        m["method"] = _method_name(Path(d)) or m.get("method") or m.get("algorithm") or Path(d).name
         m["_dir"] = str(d)
         runs.append(m)
     for why, dirs in skipped.items():
         _say(messages, f"ignored {len(dirs)} run(s): {why} (e.g. {dirs[0]})")
     return runs
+
+
+def _method_name(run_dir: Path) -> str | None:
+    """The suite row's name from the bench's ``result.json`` (e.g. "FT = 0.8"), if there is one.
+
+    Why not ``metrics.json``'s algorithm: several suite rows share one algorithm (Table 1's
+    ablations are all ``adacm``) and would collapse into one curve.
+    """
+    try:
+        row = json.loads((run_dir / "result.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    method = row.get("method") if isinstance(row, dict) else None
+    return str(method) if method else None
 
 
 def _say(messages: list[str] | None, text: str) -> None:

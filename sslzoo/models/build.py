@@ -1,15 +1,44 @@
 """Build a backbone from its config section."""
 from __future__ import annotations
 
-from typing import Any
+import difflib
+import inspect
+import warnings
+from typing import Any, Callable
 
 from torch import nn
 
 from ..registry import BACKBONES
 
 
+def accepted_options(factory: Callable[..., nn.Module]) -> set[str] | None:
+    """Keyword options a backbone factory takes; None if it takes any (``**kwargs``)."""
+    params = inspect.signature(factory).parameters.values()
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+        return None
+    return {p.name for p in params if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)} - {"num_classes"}
+
+
 def build_backbone(cfg: dict[str, Any], num_classes: int, image_size: int) -> nn.Module:
+    """Call the registered factory with the section's options, warning about the ones it ignores.
+
+    Why a warning and not an error: a data set's YAML sets options for its default backbone
+    (synthfer: ``width`` for smallcnn), and one ``--set backbone.weights=...`` serves a whole
+    suite whose rows mix backbones (paper/table4). Those keys must not stop a run that switches
+    backbone, but a typo (``widht``) must not pass unnoticed either.
+    """
+    name = cfg["name"]
+    factory = BACKBONES.get(name)
     options = {k: v for k, v in cfg.items() if k != "name" and v is not None}
-    if cfg["name"] == "resnet18" and "small_input" not in options:
+    if name == "resnet18" and "small_input" not in options:
         options["small_input"] = image_size <= 64
-    return BACKBONES.get(cfg["name"])(num_classes, **options)
+    accepted = accepted_options(factory)
+    if accepted is not None:
+        ignored = sorted(set(options) - accepted)
+        if ignored:
+            hints = [f"'{k}'" + (f" (did you mean '{m[0]}'?)" if (m := difflib.get_close_matches(k, accepted, 1)) else "")
+                     for k in ignored]
+            warnings.warn(f"backbone '{name}' ignores option(s) {', '.join(hints)}; "
+                          f"it takes: {', '.join(sorted(accepted)) or 'no options'}", stacklevel=2)
+        options = {k: v for k, v in options.items() if k in accepted}
+    return factory(num_classes, **options)

@@ -72,8 +72,7 @@ def load_resnet_checkpoint(model: ResNet18, path: str | Path) -> None:
 
 @register_backbone("resnet18")
 def resnet18(num_classes: int, *, weights: str | None = None, pretrained: str | None = None,
-             dropout: float = 0.5, normalize_feature: bool = True, small_input: bool = False,
-             **_: object) -> nn.Module:
+             dropout: float = 0.5, normalize_feature: bool = True, small_input: bool = False) -> nn.Module:
     """ResNet-18 + the paper's head (dropout 0.5, L2-normalize, linear); MS-Celeb/ImageNet weights."""
     model = ResNet18(num_classes, dropout, normalize_feature, small_input)
     if weights:

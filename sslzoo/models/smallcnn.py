@@ -28,7 +28,7 @@ class SmallCNN(nn.Module):
 
 
 @register_backbone("smallcnn")
-def smallcnn(num_classes: int, *, width: int = 32, dropout: float = 0.5, normalize_feature: bool = True,
-             **_: object) -> nn.Module:
+def smallcnn(num_classes: int, *, width: int = 32, dropout: float = 0.5, normalize_feature: bool = True
+             ) -> nn.Module:
     """Six-conv CNN (~0.3M params at width 32) for CPU-scale runs; default on the built-in data."""
     return SmallCNN(num_classes, width, dropout, normalize_feature)

@@ -44,6 +44,6 @@ class WideResNet(nn.Module):
 
 
 @register_backbone("wrn28_2")
-def wrn28_2(num_classes: int, *, dropout: float = 0.5, normalize_feature: bool = True, **_: object) -> nn.Module:
+def wrn28_2(num_classes: int, *, dropout: float = 0.5, normalize_feature: bool = True) -> nn.Module:
     """WideResNet-28-2 (1.5M params), the SSL literature's standard small backbone (paper Tables 3-4)."""
     return WideResNet(num_classes, 28, 2, dropout, normalize_feature)

@@ -166,9 +166,8 @@ class ReMixMatch(SSLAlgorithm):
 
     def on_epoch_start(self, ctx: EpochContext) -> None:
         """Read p(y) from the labeled set once (USB's 'gt' target); it is then part of the state."""
-        if self.da_target == "labeled" and not bool(self.da.target_set) and ctx.labeled_predictions is not None:
-            _, labels = ctx.labeled_predictions("plain")
-            self.da.set_target(labels)
+        if self.da_target == "labeled" and not bool(self.da.target_set) and ctx.labeled_targets is not None:
+            self.da.set_target(ctx.labeled_targets)
 
     def state_dict(self) -> dict[str, Any]:
         return {**super().state_dict(), "da": self.da.state_dict()}

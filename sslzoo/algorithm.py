@@ -76,6 +76,8 @@ class EpochContext:
     # Predictions of the evaluation model over the WHOLE labeled set (all ranks), computed lazily:
     # labeled_predictions(view) -> (probs [N, C], targets [N]); view is "weak" or "plain".
     labeled_predictions: Callable[[str], tuple[Tensor, Tensor]] | None = None
+    # Labels of the whole labeled set [N_l] (every rank), for class priors without a prediction pass.
+    labeled_targets: Tensor | None = None
 
 
 @dataclass

@@ -47,7 +47,7 @@ from typing import Any, Callable
 import torch
 import torch.nn.functional as F
 
-from .algorithm import Batch, EpochContext, StepContext
+from .algorithm import Batch, StepContext
 from .errors import SSLZooError
 
 REQUIRED_KEYS = ("raw_img_s", "step_img_s", "e2e_img_s", "step_over_raw", "e2e_over_step")
@@ -151,11 +151,6 @@ def _make_trainer(cfg: dict[str, Any]):
     trainer._setup()
     trainer.history = []
     return trainer
-
-
-def _epoch_ctx(trainer, epoch: int) -> EpochContext:
-    return EpochContext(epoch, trainer.cfg["epochs"], trainer.num_classes, trainer.dist,
-                        trainer.labeled_predictions(epoch))
 
 
 def raw_runner(trainer, n_images: int) -> Callable[[], None]:
@@ -311,7 +306,7 @@ def measure_evaluation(trainer, repeats: int) -> dict[str, float]:
         times.append(time.perf_counter() - tic)
     saved = copy.deepcopy(trainer.algorithm.state_dict())
     tic = time.perf_counter()
-    trainer.algorithm.on_epoch_start(_epoch_ctx(trainer, 1))
+    trainer.algorithm.on_epoch_start(trainer.epoch_context(1))
     _sync(trainer.device)
     hook = time.perf_counter() - tic
     trainer.algorithm.load_state_dict(saved)
@@ -329,7 +324,7 @@ def bench_algorithm(layers: list[dict[str, Any]], algo: str, opts: BenchOptions,
     cfg = _resolve(layers, algo, workdir / algo)
     trainer = _make_trainer(cfg)
     device = trainer.device
-    trainer.algorithm.on_epoch_start(_epoch_ctx(trainer, 0))
+    trainer.algorithm.on_epoch_start(trainer.epoch_context(0))
     batch = trainer._to_batch(trainer.batches[0])
     n = _images(batch)
     res: dict[str, Any] = {"images_per_step": n, "batch_size": cfg["batch_size"], "mu": cfg["mu"],

@@ -274,6 +274,11 @@ class Trainer:
         probs, labels = self.dist.gather_uneven(probs.to(self.device)), self.dist.gather_uneven(labels.to(self.device))
         return classification_metrics(probs, labels, self.num_classes)
 
+    def epoch_context(self, epoch: int) -> EpochContext:
+        """What policies and algorithms see at the start of ``epoch`` (0-based)."""
+        return EpochContext(epoch, self.cfg["epochs"], self.num_classes, self.dist, self.labeled_predictions(epoch),
+                            torch.as_tensor(self.data.labeled.labels, device=self.device))
+
     def labeled_predictions(self, epoch: int):
         """Closure for policies: evaluation-model predictions over the whole labeled set (every rank)."""
         def compute(view: str) -> tuple[Tensor, Tensor]:
@@ -417,8 +422,7 @@ class Trainer:
                 epoch, it = divmod(step, iters)
                 if it == 0 or bar is None:
                     if it == 0:
-                        self.algorithm.on_epoch_start(EpochContext(epoch, cfg["epochs"], self.num_classes, self.dist,
-                                                                   self.labeled_predictions(epoch)))
+                        self.algorithm.on_epoch_start(self.epoch_context(epoch))
                         meter = EpochMeter()
                     bar = self._bar(epoch, it)
                 tic = time.perf_counter()

@@ -125,19 +125,16 @@ def test_k_strong_views_are_declared_per_instance():
     assert ReMixMatch(3, K=4).unlabeled_views == ("weak",) + ("strong",) * 4
 
 
-def test_p_target_read_once_from_the_labeled_set():
+def test_p_target_read_once_from_the_labeled_labels_without_a_prediction_pass():
     algo = ReMixMatch(3)
-    calls = []
 
-    def labeled(view):
-        calls.append(view)
-        return torch.zeros(4, 3), torch.tensor([0, 0, 1, 2])
+    def no_predictions(view):
+        raise AssertionError("p(y) comes from the labels; no model pass is needed")
 
-    epoch_ctx = EpochContext(0, 2, 3, DistContext(), labeled)
+    epoch_ctx = EpochContext(0, 2, 3, DistContext(), no_predictions, torch.tensor([0, 0, 1, 2]))
     algo.on_epoch_start(epoch_ctx)
-    algo.on_epoch_start(EpochContext(1, 2, 3, DistContext(), labeled))
-    assert calls == ["plain"]
-    assert torch.allclose(algo.da.p_target, torch.tensor([0.5, 0.25, 0.25]))
+    algo.on_epoch_start(EpochContext(1, 2, 3, DistContext(), no_predictions, torch.tensor([1, 1, 1, 1])))
+    assert torch.allclose(algo.da.p_target, torch.tensor([0.5, 0.25, 0.25]))   # read once, then state
     uniform = ReMixMatch(3, da_target="uniform")
     uniform.on_epoch_start(epoch_ctx)
     assert torch.allclose(uniform.da.p_target, torch.full((3,), 1 / 3))

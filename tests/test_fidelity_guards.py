@@ -26,10 +26,11 @@ def test_split_overlap_and_test_leakage_are_caught():
 def test_adacm_margin_sees_only_the_labeled_training_set(tmp_path):
     trainer = Trainer(tiny_config(tmp_path, algo="adacm", val_per_class=2))
     trainer._setup()
-    probs, targets = trainer.labeled_predictions(1)("weak")
+    ctx = trainer.epoch_context(1)
+    probs, targets = ctx.labeled_predictions("weak")
     data = trainer.data
     assert len(targets) == len(data.labeled) == 35
-    assert targets.tolist() == data.labeled.labels.tolist()
+    assert targets.tolist() == data.labeled.labels.tolist() == ctx.labeled_targets.tolist()
     labeled_ids = set(data.labeled.ids)
     assert not labeled_ids & set(data.unlabeled.ids)
     assert not labeled_ids & set(data.val.ids) and not labeled_ids & set(data.test.ids)

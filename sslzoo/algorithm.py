@@ -107,6 +107,9 @@ class ThresholdPolicy:
 
     name: ClassVar[str] = "policy"
     spec_arg: ClassVar[str | None] = None   # parameter filled by "name:value" specs, e.g. fixed:0.95
+    # True: the step's own batch enters the statistics before it is weighted (FreeMatch's and
+    # SoftMatch's EMAs include batch t); False: weigh with the state so far, then update (FlexMatch).
+    update_first: ClassVar[bool] = False
 
     def setup(self, num_classes: int, num_unlabeled: int) -> None:
         """Called once before training with the label space and unlabeled pool size."""
@@ -117,7 +120,7 @@ class ThresholdPolicy:
         raise NotImplementedError
 
     def update(self, inp: PolicyInput, ctx: StepContext) -> None:
-        """Per-step state update, after ``weights`` (FlexMatch counters, EMAs)."""
+        """Per-step state update, after ``weights`` (or before it when ``update_first``)."""
 
     def on_epoch_start(self, ctx: EpochContext) -> None:
         """Per-epoch update (Ada-CM re-estimates its margin here)."""
@@ -146,7 +149,10 @@ class ThresholdPolicy:
         return self
 
     def __call__(self, inp: PolicyInput, ctx: StepContext) -> Tensor:
-        """Weights for this batch, then the policy's own state update."""
+        """Weights for this batch and the policy's own state update, in the order it declares."""
+        if self.update_first:
+            self.update(inp, ctx)
+            return self.weights(inp, ctx)
         w = self.weights(inp, ctx)
         self.update(inp, ctx)
         return w

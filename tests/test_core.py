@@ -110,3 +110,28 @@ def test_resnet18_checkpoint_errors_are_clear(tmp_path):
     (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
     with pytest.raises(SSLZooError, match="could not read"):
         build_backbone({"name": "resnet18", "weights": str(tmp_path / "junk.pth")}, 7, 224)
+
+
+def test_policy_call_order_follows_update_first():
+    from sslzoo.algorithm import PolicyInput, StepContext, ThresholdPolicy
+
+    class Recorder(ThresholdPolicy):
+        def __init__(self):
+            self.calls = []
+
+        def weights(self, inp, ctx):
+            self.calls.append("weights")
+            return torch.ones(len(inp.probs))
+
+        def update(self, inp, ctx):
+            self.calls.append("update")
+
+    class UpdateFirst(Recorder):
+        update_first = True
+
+    inp, ctx = PolicyInput(torch.full((2, 3), 1 / 3)), StepContext(0, 0, 0, 1, 1, 1)
+    late, early = Recorder(), UpdateFirst()
+    late(inp, ctx), early(inp, ctx)
+    assert late.calls == ["weights", "update"] and early.calls == ["update", "weights"]
+    assert POLICIES.get("freematch").update_first and POLICIES.get("softmatch").update_first
+    assert not POLICIES.get("flexmatch").update_first

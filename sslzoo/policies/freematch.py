@@ -12,7 +12,7 @@ the freematch algorithm's fairness term (SAF) reads; it does not affect the mask
 
 Conventions:
   * the EMAs take the current batch before the mask is computed (tau_t includes batch t,
-    as the paper's Eq. 4-6 and USB's hook), so ``__call__`` updates, then weights;
+    as the paper's Eq. 4-6 and USB's hook), hence ``update_first``;
   * initial values 1/C follow the paper (and TorchSSL); USB initializes tau and p~ to 1,
     which makes the first steps much stricter;
   * no quantile and no clipping of tau (USB's ``use_quantile=False``, ``clip_thresh=False``).
@@ -34,6 +34,7 @@ class FreeMatchThreshold(ThresholdPolicy):
     """FreeMatch: self-adaptive global threshold (EMA of confidence) scaled per class (EMA of predictions)."""
 
     name = "freematch"
+    update_first = True   # tau_t includes batch t
     spec_arg = "momentum"
 
     def __init__(self, momentum: float = 0.999):
@@ -67,11 +68,6 @@ class FreeMatchThreshold(ThresholdPolicy):
         self.global_threshold = m * self.global_threshold + (1 - m) * conf.mean()
         self.class_mean = m * self.class_mean + (1 - m) * probs.mean(dim=0)
         self.label_hist = m * self.label_hist + (1 - m) * hist / hist.sum()
-
-    def __call__(self, inp: PolicyInput, ctx: StepContext) -> Tensor:
-        """Update with this batch first: the mask at step t uses tau_t, which includes batch t."""
-        self.update(inp, ctx)
-        return self.weights(inp, ctx)
 
     def thresholds(self) -> Tensor | None:
         return self.class_thresholds()

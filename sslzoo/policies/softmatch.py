@@ -19,8 +19,8 @@ Conventions (USB's ``SoftMatchWeightingHook`` and ``DistAlignEMAHook``, ``dist_u
     ``--algo adacm --set policy=softmatch`` also gets UA (``uniform_alignment=False`` turns it off);
   * E[p] starts at the first batch's mean prediction (USB), then EMA with momentum m;
     aligned p = p * (u + 1e-6) / (E[p] + 1e-6), renormalized;
-  * both EMAs take the current batch before the weights are computed (``__call__``
-    updates, then weights), as USB's hooks do;
+  * both EMAs take the current batch before the weights are computed (``update_first``;
+    the UA mean first, then mu/sigma2 from the aligned batch), as USB's hooks do;
   * m = 0.999 for both (USB's ``ema_p``); the Gaussian is global, not per class
     (USB's ``per_class=False``); a batch of one sample contributes variance 0.
 
@@ -54,6 +54,7 @@ class SoftMatchWeights(ThresholdPolicy):
     """SoftMatch: soft weights from a truncated Gaussian over (uniformly aligned) confidence."""
 
     name = "softmatch"
+    update_first = True   # the EMAs include batch t
     spec_arg = "n_sigma"
 
     def __init__(self, momentum: float = 0.999, n_sigma: float = 2.0, lambda_max: float = 1.0,
@@ -99,11 +100,6 @@ class SoftMatchWeights(ThresholdPolicy):
         var = conf.var(unbiased=True) if n > 1 else conf.new_zeros(())
         self.mu = m * self.mu + (1 - m) * conf.mean()
         self.var = m * self.var + (1 - m) * var
-
-    def __call__(self, inp: PolicyInput, ctx: StepContext) -> Tensor:
-        """Update with this batch first (UA mean, then mu/sigma2 from the aligned batch), then weigh."""
-        self.update(inp, ctx)
-        return self.weights(inp, ctx)
 
     def extra_stats(self) -> dict[str, float]:
         return {"softmatch_mu": float(self.mu), "softmatch_var": float(self.var)}

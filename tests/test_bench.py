@@ -274,3 +274,23 @@ def test_killed_bench_loses_and_duplicates_nothing(tmp_path):
     assert _starts(second) == 2
     metrics = json.loads((second / "metrics.json").read_text())
     assert metrics["status"] == "finished" and metrics["epochs_done"] == 1
+
+
+def test_a_runs_thread_share_follows_jobs_not_the_runs_left(tmp_path, monkeypatch):
+    """A run's numbers depend on its thread count: one run left of a --jobs 2 bench still gets cores / 2."""
+    from sslzoo.bench import runner
+    seen = []
+    real = runner.child_env
+
+    def spy(base, *, jobs, **kwargs):
+        seen.append(jobs)
+        return real(base, jobs=jobs, **kwargs)
+
+    monkeypatch.setattr(runner, "child_env", spy)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    argv = ["bench", "--algos", "supervised", "--labels", "35", "--seeds", "1", "--out", str(tmp_path / "b"),
+            "--no-plots", *TINY_FLAGS]
+    assert main(argv + ["--jobs", "2"]) == 0
+    assert seen == [2]
+    env = real({}, jobs=2, slot=0, device="cpu", gpus=[])
+    assert env["OMP_NUM_THREADS"] == str(max(1, (os.cpu_count() or 1) // 2))

@@ -91,6 +91,21 @@ def register(subparsers: Any) -> None:
                     help="for --tsne: a plugin that registers the run's backbone/data set")
     sp.set_defaults(func=cmd_plot)
 
+    sp = subparsers.add_parser("calibration", help="how accurate a run's confident predictions are (per confidence bin)",
+                               description="Bin a finished run's EMA-model confidence on its unlabeled pool (or test "
+                                           "set) and report each bin's share and accuracy, what a fixed threshold at "
+                                           "each edge admits, and the ECE: the evidence behind a threshold.",
+                               formatter_class=argparse.RawDescriptionHelpFormatter)
+    sp.add_argument("runs", nargs="+", metavar="RUN_DIR", help="finished run folders (config.yaml + checkpoint.pt)")
+    sp.add_argument("--split", default="unlabeled", choices=["unlabeled", "test"],
+                    help="images to measure on (unlabeled: the run's own pool, where ground truth is known)")
+    sp.add_argument("--edges", default="0.5,0.8,0.95", metavar="E1,E2,...",
+                    help="bin edges in (0, 1), increasing (default 0.5,0.8,0.95)")
+    sp.add_argument("--device", default="auto")
+    sp.add_argument("--plugin", action="append", default=[], metavar="FILE.py",
+                    help="a plugin that registers the run's backbone/data set")
+    sp.set_defaults(func=cmd_calibration)
+
 
 # ----------------------------------------------------------------------------- bench
 
@@ -228,6 +243,19 @@ def cmd_table(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_calibration(args: argparse.Namespace) -> int:
+    from ..registry import load_plugin
+    from .calibration import calibration_report
+    for plugin in args.plugin:
+        load_plugin(plugin)
+    try:
+        edges = [float(e) for e in args.edges.split(",") if e.strip()]
+    except ValueError:
+        raise SSLZooError(f"--edges must be numbers separated by commas, e.g. 0.5,0.8,0.95; got '{args.edges}'.") from None
+    print("\n\n".join(calibration_report(run, args.split, edges, args.device) for run in args.runs))
+    return 0
+
+
 def cmd_plot(args: argparse.Namespace) -> int:
     if args.tsne:
         from ..registry import load_plugin
@@ -258,39 +286,16 @@ def cmd_plot(args: argparse.Namespace) -> int:
 def tsne_features(run_dir: str | Path, *, max_points: int = 2000, device: str = "auto", seed: int = 0):
     """Test-set features of a run's EMA model: (features [N, D], labels [N], class names, cfg)."""
     import numpy as np
-    import torch
 
-    from .. import checkpoint
-    from ..config import load_yaml
-    from ..data.pipeline import augment_config, view_batches
-    from ..data.prepare import prepare
-    from ..data.views import Views, normalize_batch
-    from ..evaluation import predict
-    from ..models import build_backbone
-    from ..trainer import pick_device
+    from .loaded_run import load_run
 
-    run_dir = Path(run_dir)
-    if not (run_dir / "config.yaml").is_file() or not (run_dir / "checkpoint.pt").is_file():
-        raise SSLZooError(f"'{run_dir}' is not a finished run folder (needs config.yaml and checkpoint.pt).")
-    cfg = load_yaml(run_dir / "config.yaml")
-    state = checkpoint.load(run_dir / "checkpoint.pt")
-    data = prepare(cfg)
-    size = data.bundle.image_size
-    # weights come from the checkpoint: do not load (or require) the backbone's initial weights
-    backbone = {k: v for k, v in cfg["backbone"].items() if k not in ("weights", "pretrained")}
-    model = build_backbone(backbone, len(data.classes), size)
-    model.load_state_dict(state["ema"]["module"])
-    dev = pick_device(device)
-    model.to(dev)
-    test = data.test
+    run = load_run(run_dir, device)
+    test = run.data.test
     if max_points and len(test) > max_points:
         idx = np.sort(np.random.default_rng(seed).choice(len(test), max_points, replace=False))
         test = test.subset(idx)
-    views = Views(size, augment_config(cfg["augment"]))
-    with torch.no_grad():
-        _, labels, feats = predict(model, view_batches(test, views, "plain", 0, 512),
-                                   lambda x: normalize_batch(x, dev), with_features=True)
-    return feats.cpu().numpy(), labels.cpu().numpy(), list(data.classes), cfg, data.test_name
+    _, labels, feats = run.predict(test, with_features=True)
+    return feats.cpu().numpy(), labels.cpu().numpy(), list(run.data.classes), run.cfg, run.data.test_name
 
 
 def plot_run_tsne(run_dir: str | Path, out: str | Path | None = None, *, max_points: int = 2000,

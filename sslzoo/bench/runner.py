@@ -482,7 +482,6 @@ class BenchRunner:
         self._procs: dict[int, Any] = {}
         self._active: dict[int, Any] = {}
         self._gpus: list[str] = []
-        self._jobs_now = 1
 
     # -- public ----------------------------------------------------------------------
     def run(self) -> Summary:
@@ -506,7 +505,6 @@ class BenchRunner:
         self._slots: Queue[int] = Queue()
         for s in range(jobs):
             self._slots.put(s)
-        self._jobs_now = jobs
         from tqdm import tqdm
         disable = None if self.progress else True
         self._overall = tqdm(total=len(self.cells), initial=summary.skipped, unit="run",
@@ -622,11 +620,14 @@ class BenchRunner:
         import yaml
         from ..io import write_text
         cfg = dict(cell.cfg)
-        if cfg.get("num_workers") == -1 and self._jobs_now > 1:   # share the cores between parallel runs
-            cfg["num_workers"] = max(0, min(4, cpu_count() // self._jobs_now - 1))
+        # Each run's share of the cores follows --jobs, not how many runs are left: a run's numbers
+        # depend on its thread count, so the last run of a bench (or a resumed one) must get the
+        # same share as it would have had in the full grid.
+        if cfg.get("num_workers") == -1 and self.jobs > 1:
+            cfg["num_workers"] = max(0, min(4, cpu_count() // self.jobs - 1))
         write_text(run_dir / CELL_CONFIG, yaml.safe_dump(cfg, sort_keys=False))
         args = child_args(run_dir, cfg_hash, self.plugins, self.retry_failed)
-        env = child_env(dict(os.environ), jobs=self._jobs_now, slot=slot, device=str(cfg.get("device")),
+        env = child_env(dict(os.environ), jobs=self.jobs, slot=slot, device=str(cfg.get("device")),
                         gpus=self._gpus)
         gpu = f" on GPU {env['CUDA_VISIBLE_DEVICES']}" if self._gpus and "CUDA_VISIBLE_DEVICES" in env else ""
         self._append_log(run_dir, f"{'resuming' if state == RESUME else 'starting'} {cell.describe()}{gpu} "

@@ -128,6 +128,33 @@ def cmd_data(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_cache(args: argparse.Namespace) -> int:
+    from .data.cache_admin import format_items, human_bytes, list_items, remove, select_for_pruning
+    from .paths import cache_dir
+    items = list_items()
+    if args.action == "list":
+        total = sum(i.bytes for i in items)
+        print(f"{cache_dir()}: {len(items)} item(s), {human_bytes(total)}")
+        if items:
+            print(format_items(items))
+        return 0
+    chosen = select_for_pruning(items, superseded=args.superseded, missing_root=args.missing_root,
+                                older_than_days=args.older_than, everything=args.all)
+    size = human_bytes(sum(i.bytes for i in chosen))
+    if args.dry_run or not chosen:
+        print(f"would remove {len(chosen)} item(s), {size}" if args.dry_run else "nothing to remove")
+        if chosen:
+            print(format_items(chosen))
+        return 0
+    freed, problems = remove(chosen)
+    print(f"removed {len(chosen) - len(problems)} item(s), {human_bytes(freed)}")
+    print(format_items(chosen))
+    if problems:
+        raise SSLZooError("some cache items could not be removed (in use on Windows, or no permission):\n  "
+                          + "\n  ".join(problems))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="sslzoo", description=__doc__.splitlines()[0])
     p.add_argument("--debug", action="store_true", help="show tracebacks for errors")
@@ -154,6 +181,18 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--json", action="store_true")
     sp.add_argument("--set", action="append", default=[], metavar="OPTION=VALUE", help="loader option")
     sp.set_defaults(func=cmd_data)
+
+    sp = sub.add_parser("cache", help="list the data caches, or prune what is no longer needed",
+                        description="sslzoo cache [list]: every cached data set (decoded images, generated "
+                                    "synthfer data) with its size. sslzoo cache prune: remove by criterion.")
+    sp.add_argument("action", nargs="?", default="list", choices=["list", "prune"])
+    sp.add_argument("--superseded", action="store_true",
+                    help="prune: decoded entries replaced by a newer one for the same data set, root and size")
+    sp.add_argument("--missing-root", action="store_true", help="prune: decoded entries whose data folder is gone")
+    sp.add_argument("--older-than", type=float, default=None, metavar="DAYS", help="prune: items older than this")
+    sp.add_argument("--all", action="store_true", help="prune: everything (it is rebuilt on next use)")
+    sp.add_argument("--dry-run", action="store_true", help="prune: only list what would be removed")
+    sp.set_defaults(func=cmd_cache)
 
     for register in _EXTRA_COMMANDS:
         register(sub)

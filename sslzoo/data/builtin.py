@@ -16,6 +16,8 @@ import numpy as np
 from ..errors import SSLZooError
 from ..registry import register_dataset
 from .base import DataBundle, ImageSet
+from .synthfaces import SynthFacesOptions
+from .synthfaces import load_bundle as load_faces
 from .synthfer import SynthFEROptions, load_bundle
 
 DIGITS_CLASSES: tuple[str, ...] = tuple(str(d) for d in range(10))
@@ -46,15 +48,25 @@ def _coerce(dataset: str, key: str, value: Any, kind: Callable[[Any], Any]) -> A
                           f"{'an integer' if kind is int else 'a number'}; got {value!r}.") from None
 
 
+def _generator_options(dataset: str, options_class: type, image_size: Any, options: dict[str, Any]) -> Any:
+    """A generator's options dataclass from loader options (CLI strings coerced, unknown keys named)."""
+    defaults = {f.name: f.default for f in fields(options_class) if f.name != "image_size"}
+    check_options(dataset, options, defaults)
+    values = {key: _coerce(dataset, key, options.get(key, default), type(default))
+              for key, default in defaults.items()}
+    return options_class(image_size=_coerce(dataset, "image_size", image_size, int), **values)
+
+
 @register_dataset("synthfer")
 def synthfer(*, root: str | None = None, image_size: int = 32, **options: Any) -> DataBundle:
     """Procedurally generated 7-class FER-like faces (built-in default; works offline)."""
-    defaults = {f.name: f.default for f in fields(SynthFEROptions) if f.name != "image_size"}
-    check_options("synthfer", options, defaults)
-    values = {key: _coerce("synthfer", key, options.get(key, default), type(default))
-              for key, default in defaults.items()}
-    opts = SynthFEROptions(image_size=_coerce("synthfer", "image_size", image_size, int), **values)
-    return load_bundle(opts)
+    return load_bundle(_generator_options("synthfer", SynthFEROptions, image_size, options))
+
+
+@register_dataset("synthfer_faces")
+def synthfer_faces(*, root: str | None = None, image_size: int = 32, **options: Any) -> DataBundle:
+    """synthfer's faces labeled by identity (200 people): an offline MS-Celeb-1M analog for pretraining."""
+    return load_faces(_generator_options("synthfer_faces", SynthFacesOptions, image_size, options))
 
 
 @register_dataset("digits")

@@ -56,7 +56,8 @@ def list_items(root: Path | None = None) -> list[CacheItem]:
     root = Path(root) if root is not None else cache_dir()
     items: list[CacheItem] = []
     for npz in root.glob("synthfer-*.npz"):
-        items.append(CacheItem("synthfer", npz, _size(npz), npz.stat().st_mtime, "generated synthfer data"))
+        what = "synthfer_faces" if npz.name.startswith("synthfer-faces-") else "synthfer"
+        items.append(CacheItem("synthfer", npz, _size(npz), npz.stat().st_mtime, f"generated {what} data"))
     for tmp in root.glob("synthfer-*.tmp"):
         items.append(CacheItem("building", tmp, _size(tmp), tmp.stat().st_mtime,
                                "synthfer data being written (or left by a crash)"))

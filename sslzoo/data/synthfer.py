@@ -86,8 +86,13 @@ class SynthFEROptions:
             raise SSLZooError(f"synthfer label_noise must be in [0, 0.5]; got {self.label_noise}.")
 
     def cache_key(self) -> str:
-        text = json.dumps({**asdict(self), "generator_version": GENERATOR_VERSION}, sort_keys=True)
-        return hashlib.sha256(text.encode()).hexdigest()[:16]
+        return options_key(self)
+
+
+def options_key(opts: Any) -> str:
+    """A short hash of a generator's options dataclass and the generator version (the cache file name)."""
+    text = json.dumps({**asdict(opts), "generator_version": GENERATOR_VERSION}, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 # ----------------------------------------------------------------------------- labels

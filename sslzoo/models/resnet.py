@@ -14,6 +14,7 @@ from torch import Tensor, nn
 from ..errors import SSLZooError
 from ..registry import register_backbone
 from .head import PaperHead
+from .weights import load_part, read_state_dict
 
 
 class ResNet18(nn.Module):
@@ -35,39 +36,15 @@ class ResNet18(nn.Module):
 
 
 def load_resnet_checkpoint(model: ResNet18, path: str | Path) -> None:
-    """Load a torchvision-keyed ResNet-18 checkpoint into ``model.body`` (fc ignored)."""
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise SSLZooError(f"backbone.weights: file '{path}' does not exist (expected a ResNet-18 "
-                          f"checkpoint, e.g. the MS-Celeb-1M resnet18_msceleb.pth).")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - unreadable/unsafe file: say which and why
-        raise SSLZooError(f"backbone.weights: could not read '{path}' as a PyTorch checkpoint "
-                          f"({type(exc).__name__}: {str(exc).splitlines()[0][:200]}).") from None
-    state = ckpt.get("state_dict", ckpt) if isinstance(ckpt, dict) else None
-    if not isinstance(state, dict):
-        raise SSLZooError(f"backbone.weights: '{path}' holds no state dict (expected a dict of "
-                          f"tensors, or a dict with a 'state_dict' entry).")
-    state = {k.removeprefix("module."): v for k, v in state.items()}
+    """Load a torchvision-keyed ResNet-18 checkpoint into ``model.body`` (fc ignored).
+
+    An sslzoo ``checkpoint.pt`` of a resnet18 run works too (its ``body.`` keys are used).
+    """
+    state = read_state_dict(path, "a ResNet-18 checkpoint, e.g. the MS-Celeb-1M resnet18_msceleb.pth")
+    if any(k.startswith("body.") for k in state):          # an sslzoo run of this backbone
+        state = {k.removeprefix("body."): v for k, v in state.items() if k.startswith("body.")}
     state = {k: v for k, v in state.items() if not k.startswith("fc.")}
-    expected = {k: v for k, v in model.body.state_dict().items()}
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    mismatched = sorted(k for k in set(state) & set(expected) if tuple(state[k].shape) != tuple(expected[k].shape))
-    if missing or unexpected or mismatched:
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} missing key(s), e.g. {missing[:3]}")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected key(s), e.g. {unexpected[:3]}")
-        if mismatched:
-            k = mismatched[0]
-            parts.append(f"{len(mismatched)} shape mismatch(es), e.g. {k}: checkpoint "
-                         f"{tuple(state[k].shape)} vs model {tuple(expected[k].shape)}")
-        raise SSLZooError(f"backbone.weights: '{path}' does not fit torchvision's ResNet-18: "
-                          f"{'; '.join(parts)}. (A 'module.' prefix and an 'fc' layer are tolerated.)")
-    model.body.load_state_dict(state, strict=False)
+    load_part(model.body, state, path, "torchvision's ResNet-18 (a 'module.' prefix and an 'fc' layer are tolerated)")
 
 
 @register_backbone("resnet18")

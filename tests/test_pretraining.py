@@ -74,6 +74,13 @@ def test_smallcnn_loads_a_plain_state_dict_with_module_prefix(tmp_path):
     assert torch.equal(model.features[0][0].weight, net.features[0][0].weight)
 
 
+def test_checkpoints_without_batch_norm_counters_load(tmp_path):
+    net = SmallCNN(3, 8)
+    torch.save({k: v for k, v in net.state_dict().items() if not k.endswith("num_batches_tracked")}, tmp_path / "old.pth")
+    model = build_backbone({"name": "smallcnn", "width": 8, "weights": str(tmp_path / "old.pth")}, 7, 32)
+    assert torch.equal(model.features[1][1].running_var, net.features[1][1].running_var)
+
+
 def test_smallcnn_weight_errors_name_the_problem(tmp_path):
     _sslzoo_checkpoint(tmp_path / "w16.pt", width=16, num_classes=7)
     with pytest.raises(SSLZooError, match="another backbone.width.*shape mismatch"):

@@ -39,8 +39,13 @@ def read_state_dict(path: str | Path, expected: str) -> dict[str, Tensor]:
 
 
 def load_part(part: nn.Module, state: dict[str, Tensor], path: str | Path, what: str) -> None:
-    """Load ``state`` into ``part`` strictly, or fail naming the missing, extra and misshapen keys."""
+    """Load ``state`` into ``part`` strictly, or fail naming the missing, extra and misshapen keys.
+
+    Batch-norm ``num_batches_tracked`` counters may be absent (checkpoints saved before PyTorch
+    0.4.1 have none; they only matter for momentum=None): the model's own are kept.
+    """
     expected = part.state_dict()
+    state = {**{k: v for k, v in expected.items() if k.endswith("num_batches_tracked")}, **state}
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     mismatched = sorted(k for k in set(state) & set(expected) if tuple(state[k].shape) != tuple(expected[k].shape))

@@ -76,11 +76,12 @@ def cmd_list(args: argparse.Namespace) -> int:
     for title, reg in (("algorithms", ALGORITHMS), ("threshold policies", POLICIES),
                        ("data sets", DATASETS), ("backbones", BACKBONES)):
         print(f"{title}:")
+        width = max([12, *(len(name) + 1 for name, _ in reg.items())])
         for name, obj in reg.items():
             extra = ""
             if reg is ALGORITHMS and getattr(obj, "default_policy", None):
                 extra = f" [policy: {obj.default_policy}]"
-            print(f"  {name:<12} {describe(obj)}{extra}")
+            print(f"  {name:<{width}} {describe(obj)}{extra}")
     return 0
 
 

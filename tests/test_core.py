@@ -135,3 +135,13 @@ def test_policy_call_order_follows_update_first():
     assert late.calls == ["weights", "update"] and early.calls == ["update", "weights"]
     assert POLICIES.get("freematch").update_first and POLICIES.get("softmatch").update_first
     assert not POLICIES.get("flexmatch").update_first
+
+
+def test_list_names_every_registry_entry_in_aligned_columns(capsys):
+    from sslzoo import cli
+    assert cli.main(["list"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    section = lines[lines.index("data sets:") + 1: lines.index("backbones:")]
+    assert any(line.split()[0] == "synthfer_faces" for line in section)
+    starts = {len(line) - len(line.lstrip()[len(line.split()[0]):].lstrip()) for line in section}
+    assert len(starts) == 1   # every description starts in the same column

@@ -471,5 +471,9 @@ def test_describe_dataset(tmp_path):
     assert d["cache"]["dir"].startswith(str(tmp_path / "cache"))
     text = format_description(d)
     assert "happiness" in text and "labels.AFFECTNET" in text and "cache" in text
+    assert "7 (FER7, the paper's order)" in text
+    from sslzoo.data.describe import label_space
+    from sslzoo.data.labels import FER8
+    assert label_space(FER8) == "FER8, FER7 + contempt" and label_space(("0", "1")) == "the data set's own classes"
     with pytest.raises(SSLZooError, match="--data-root"):
         describe_dataset("affectnet", None)

@@ -7,11 +7,12 @@ files were skipped.
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
 from ..registry import DATASETS, describe
+from .labels import FER7, FER8
 
 
 def describe_dataset(name: str, root: str | None, **options: Any) -> dict[str, Any]:
@@ -78,13 +79,18 @@ def _bytes(n: int | None) -> str:
     return str(n)
 
 
+def label_space(classes: Sequence[str]) -> str:
+    """Which label space the class names are: the canonical FER7 / FER8 or the data set's own."""
+    names = tuple(classes)
+    return {FER7: "FER7, the paper's order", FER8: "FER8, FER7 + contempt"}.get(names, "the data set's own classes")
+
+
 def format_description(d: dict[str, Any]) -> str:
     """A readable text block for a ``describe_dataset`` result."""
     lines = [f"{d['name']}: {d.get('description') or ''}".rstrip()]
     lines.append(f"  root        {d.get('root')}")
     lines.append(f"  images      uint8 RGB {d['image_size']}x{d['image_size']}")
-    lines.append(f"  classes     {d['num_classes']} ({'FER8' if d['num_classes'] == 8 else 'FER7'}"
-                 f"{'' if d['num_classes'] in (7, 8) else '?'})")
+    lines.append(f"  classes     {d['num_classes']} ({label_space(d['classes'])})")
     if d.get("train_is_test"):
         lines.append("  note        train and test are the same images (no official split; "
                      "use as a test set)")

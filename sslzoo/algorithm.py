@@ -130,6 +130,8 @@ class ThresholdPolicy:
         return None
 
     def extra_stats(self) -> dict[str, float]:
+        """Scalars worth following per epoch (FreeMatch's tau, Dash's rho): metrics.json's
+        ``policy_stats`` and TensorBoard's ``policy/<name>``. Prefix names with the policy's."""
         return {}
 
     def state_dict(self) -> dict[str, Any]:

@@ -566,12 +566,11 @@ class Trainer:
             "stats": {k: meter.mean(k) for k in meter.sums           # any other statistic an algorithm reports
                       if not k.startswith("loss/") and k not in ("mask_ratio", "pseudo_label_acc")},
             "thresholds": None if thresholds is None else [float(t) for t in thresholds.tolist()],
+            "policy_stats": self.algorithm.policy.extra_stats() if self.algorithm.policy is not None else {},
             "lr": self.optimizer.param_groups[0]["lr"],
             "time_s": meter.seconds, "images": meter.images,
             "img_per_s": meter.images / meter.seconds if meter.seconds else None,
         }
-        if self.algorithm.policy is not None:
-            entry.update(self.algorithm.policy.extra_stats())
         self.history.append(entry)
         if writer is not None:
             writer.add_scalar("test/acc", entry["test_acc"], epoch + 1)
@@ -583,6 +582,8 @@ class Trainer:
             for k in ("mask_ratio", "pseudo_label_acc", "img_per_s"):
                 if entry[k] is not None:
                     writer.add_scalar(f"train/{k}", entry[k], epoch + 1)
+            for k, v in entry["policy_stats"].items():
+                writer.add_scalar(f"policy/{k}", v, epoch + 1)
             for c, t in enumerate(entry["thresholds"] or []):
                 writer.add_scalar(f"threshold/{self.data.classes[c]}", t, epoch + 1)
             writer.flush()

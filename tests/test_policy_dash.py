@@ -130,4 +130,4 @@ def test_dash_algorithm_trains_one_epoch(tmp_path, tiny):
     from sslzoo.trainer import train
     metrics = train(tiny(tmp_path, algo="dash", iters_per_epoch=4))
     assert metrics["status"] == "finished" and metrics["policy"] == "dash"
-    assert metrics["history"][0]["dash_rho_hat"] > 0
+    assert metrics["history"][0]["policy_stats"]["dash_rho_hat"] > 0

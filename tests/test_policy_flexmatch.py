@@ -146,11 +146,15 @@ def test_state_dict_round_trip_and_spec():
 
 def test_flexmatch_algorithm_trains_one_epoch(tmp_path, tiny):
     from sslzoo.trainer import train
-    metrics = train(tiny(tmp_path, algo="flexmatch"))
+    metrics = train(tiny(tmp_path, algo="flexmatch", tensorboard=True))
     assert metrics["status"] == "finished" and metrics["policy"] == "flexmatch"
     entry = json.loads((tmp_path / "run" / "metrics.json").read_text())["history"][0]
     assert len(entry["thresholds"]) == len(metrics["classes"])
-    assert 0.0 <= entry["flexmatch_unused"] <= 1.0
+    assert 0.0 <= entry["policy_stats"]["flexmatch_unused"] <= 1.0
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    events = EventAccumulator(str(tmp_path / "run" / "tb")).Reload()
+    assert events.Scalars("policy/flexmatch_unused")[0].value == pytest.approx(entry["policy_stats"]["flexmatch_unused"])
+    assert "threshold/fear" in events.Tags()["scalars"]
 
 
 def test_flexmatch_policy_under_adacm_loss_trains(tmp_path, tiny):

@@ -163,4 +163,4 @@ def test_freematch_algorithm_trains_one_epoch(tmp_path, tiny):
     metrics = train(tiny(tmp_path, algo="freematch"))
     assert metrics["status"] == "finished" and metrics["policy"] == "freematch"
     entry = metrics["history"][0]
-    assert "fairness" in entry["losses"] and 0.0 < entry["freematch_tau"] < 1.0
+    assert "fairness" in entry["losses"] and 0.0 < entry["policy_stats"]["freematch_tau"] < 1.0

@@ -155,4 +155,4 @@ def test_softmatch_algorithm_trains_one_epoch(tmp_path, tiny):
     metrics = train(tiny(tmp_path, algo="softmatch"))
     assert metrics["status"] == "finished" and metrics["policy"] == "softmatch"
     entry = metrics["history"][0]
-    assert 0.0 < entry["mask_ratio"] <= 1.0 and entry["softmatch_var"] > 0
+    assert 0.0 < entry["mask_ratio"] <= 1.0 and entry["policy_stats"]["softmatch_var"] > 0

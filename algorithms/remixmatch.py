@@ -157,6 +157,11 @@ class ReMixMatch(SSLAlgorithm):
         self._modules_dict = nn.ModuleDict(heads)
 
     # -- hooks ------------------------------------------------------------------------
+    def bind_backbone(self, feature_dim: int | None) -> None:
+        """A rotation head of the backbone's width; it stays lazy for a backbone with no ``feature_dim``."""
+        if "rot" in self._modules_dict and feature_dim is not None:
+            self._modules_dict["rot"] = nn.Linear(feature_dim, 4)
+
     def extra_modules(self) -> nn.ModuleDict:
         return self._modules_dict
 
@@ -191,8 +196,9 @@ class ReMixMatch(SSLAlgorithm):
         return sharpen(self.da(p, batch_mean), self.T), p
 
     def _rotation_head(self, feats: Tensor, ctx: StepContext) -> Tensor:
-        """The rotation logits; at the first call the lazy head takes its width from ``feats`` and,
-        under DDP, every rank then takes rank 0's initial weights (as DDP does for the backbone)."""
+        """The rotation logits. A lazy head (backbone without ``feature_dim``) takes its width from
+        ``feats`` at the first call and, under DDP, every rank then takes rank 0's initial weights
+        (as DDP does for the backbone; a head built by ``bind_backbone`` is broadcast at setup)."""
         head = self._modules_dict["rot"]
         if isinstance(head, nn.modules.lazy.LazyModuleMixin) and head.has_uninitialized_params():
             with torch.no_grad():

@@ -178,6 +178,10 @@ class SSLAlgorithm:
         self.policy = policy
 
     # -- hooks the trainer calls -------------------------------------------------
+    def bind_backbone(self, feature_dim: int | None) -> None:
+        """Told the backbone's feature width (None if it does not say) before ``extra_modules``,
+        so heads on the feature (ReMixMatch's rotation head) are built at their size up front."""
+
     def extra_modules(self) -> nn.ModuleDict:
         """Trainable modules the algorithm owns (e.g. ReMixMatch's rotation head)."""
         return nn.ModuleDict()

@@ -202,6 +202,7 @@ class Trainer:
         if self.channels_last:
             model = model.to(memory_format=torch.channels_last)
         self.model = model
+        self.algorithm.bind_backbone(getattr(model, "feature_dim", None))
         self.extra = self.algorithm.extra_modules().to(self.device)
         self.amp_dtype = self._amp_dtype()
         self.train_model: nn.Module = model

@@ -89,6 +89,21 @@ def test_step_terms_weights_and_rotation_head():
     assert int(algo.da.count) == 2
 
 
+def test_a_known_feature_width_builds_the_rotation_head_up_front():
+    from torch import nn
+    algo = ReMixMatch(3)
+    algo.bind_backbone(None)                                      # a backbone that does not say: stays lazy
+    assert isinstance(algo.extra_modules()["rot"], nn.modules.lazy.LazyModuleMixin)
+    algo.bind_backbone(Tiny().feature_dim)
+    head = algo.extra_modules()["rot"]
+    assert type(head) is nn.Linear and (head.in_features, head.out_features) == (Tiny().feature_dim, 4)
+    res = algo.step(Tiny().train(), _batch(), ctx(step=0))
+    assert algo.extra_modules()["rot"] is head and res.losses["rot"].item() > 0
+    no_rot = ReMixMatch(3, lambda_rot=0.0)
+    no_rot.bind_backbone(16)
+    assert len(no_rot.extra_modules()) == 0
+
+
 def test_anchor_term_is_ce_of_the_aligned_sharpened_weak_guess_on_the_first_strong_view():
     torch.manual_seed(0)
     model = Tiny().train()

@@ -195,6 +195,12 @@ class Trainer:
         size = self.data.bundle.image_size
         self.views = Views(size, augment_config(cfg["augment"]))
         self.algorithm = build_algorithm(cfg, self.num_classes)
+        if self.algorithm.unlabeled_views and len(self.data.unlabeled) == 0:
+            raise SSLZooError(
+                f"'{cfg['algo']}' learns from unlabeled images, but none are left: --labels "
+                f"{cfg['labels']} labels all {len(self.data.labeled)} training images of '{cfg['dataset']}' "
+                f"that are not held out. Ask for fewer labels, add unlabeled data (--unlabeled-extra), "
+                f"or train with --algo supervised.")
         cuda = self.device.type == "cuda"
         channels_last = _flag(cfg["channels_last"], "channels_last")
         self.channels_last = cuda if channels_last is None else channels_last

@@ -61,6 +61,8 @@ def finished_run(tmp_path_factory) -> Path:
     (["--set", "policy=fixed:abc"], ["'abc' is not a number"]),
     (["--labels", "-5"], ["--labels must be a positive number", "-5"]),
     (["--labels", "7000"], ["labels were requested", "Ask for fewer labels"]),
+    (["--labels", "420", "--set", "split=stratified"],
+     ["'adacm' learns from unlabeled images, but none are left", "--labels 420", "--algo supervised"]),
     (["--set", "epochs"], ["--set expects key=value", "'epochs'"]),
     (["--set", "optim.lrr=1"], ["Unknown config key 'optim.lrr'", "Did you mean 'lr'"]),
     (["--set", "epochs=abc"], ["'epochs' expects a int", "'abc'"]),

@@ -1,4 +1,4 @@
-"""Command line: sslzoo list | train | data | bench | table | plot.
+"""Command line: sslzoo list | train | data | cache | bench | table | plot | calibration | eval | throughput.
 
 User errors (SSLZooError) print as one paragraph and exit 2; --debug shows the traceback.
 """

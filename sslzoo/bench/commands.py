@@ -8,6 +8,7 @@ flag works in a bench and means the same thing.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -105,6 +106,23 @@ def register(subparsers: Any) -> None:
     sp.add_argument("--plugin", action="append", default=[], metavar="FILE.py",
                     help="a plugin that registers the run's backbone/data set")
     sp.set_defaults(func=cmd_calibration)
+
+    sp = subparsers.add_parser("eval", help="a finished run's model on its test set, another split or another data set",
+                               description="Evaluate a finished run's EMA model (the one its metrics.json reports) "
+                                           "on its test set, on another of its splits, or on another data set's test "
+                                           "split (cross-data-set, e.g. RAF-DB -> CK+): accuracy, mean class accuracy, "
+                                           "per-class accuracy and the confusion matrix.")
+    sp.add_argument("runs", nargs="+", metavar="RUN_DIR", help="finished run folders (config.yaml + checkpoint.pt)")
+    sp.add_argument("--split", default="test", choices=["test", "val", "labeled", "unlabeled"],
+                    help="which of the run's image sets (default: test)")
+    sp.add_argument("--test-dataset", default=None, metavar="NAME",
+                    help="evaluate on this data set's test split instead (same label space)")
+    sp.add_argument("--test-data-root", default=None, metavar="PATH", help="where --test-dataset lives")
+    sp.add_argument("--json", action="store_true", help="print the results as JSON (a list, one per run)")
+    sp.add_argument("--device", default="auto")
+    sp.add_argument("--plugin", action="append", default=[], metavar="FILE.py",
+                    help="a plugin that registers the run's backbone/data set")
+    sp.set_defaults(func=cmd_eval)
 
 
 # ----------------------------------------------------------------------------- bench
@@ -253,6 +271,17 @@ def cmd_calibration(args: argparse.Namespace) -> int:
     except ValueError:
         raise SSLZooError(f"--edges must be numbers separated by commas, e.g. 0.5,0.8,0.95; got '{args.edges}'.") from None
     print("\n\n".join(calibration_report(run, args.split, edges, args.device) for run in args.runs))
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from ..registry import load_plugin
+    from .run_eval import evaluate_run, format_report
+    for plugin in args.plugin:
+        load_plugin(plugin)
+    results = [evaluate_run(run, split=args.split, test_dataset=args.test_dataset,
+                            test_data_root=args.test_data_root, device=args.device) for run in args.runs]
+    print(json.dumps(results, indent=1) if args.json else "\n\n".join(format_report(r) for r in results))
     return 0
 
 

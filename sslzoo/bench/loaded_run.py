@@ -40,11 +40,12 @@ class LoadedRun:
                        lambda x: normalize_batch(x, self.device), with_features=with_features)
 
 
-def load_run(run_dir: str | Path, device: str = "auto") -> LoadedRun:
+def load_run(run_dir: str | Path, device: str = "auto", overrides: dict[str, Any] | None = None) -> LoadedRun:
+    """``overrides``: config keys that change what data is loaded (e.g. ``test_dataset``), never the model."""
     run_dir = Path(run_dir)
     if not (run_dir / "config.yaml").is_file() or not (run_dir / "checkpoint.pt").is_file():
         raise SSLZooError(f"'{run_dir}' is not a finished run folder (needs config.yaml and checkpoint.pt).")
-    cfg = load_yaml(run_dir / "config.yaml")
+    cfg = {**load_yaml(run_dir / "config.yaml"), **(overrides or {})}
     state = checkpoint.load(run_dir / "checkpoint.pt")
     data = prepare(cfg)
     size = data.bundle.image_size

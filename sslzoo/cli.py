@@ -188,7 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
                                     "synthfer data) with its size. sslzoo cache prune: remove by criterion.")
     sp.add_argument("action", nargs="?", default="list", choices=["list", "prune"])
     sp.add_argument("--superseded", action="store_true",
-                    help="prune: decoded entries replaced by a newer one for the same data set, root and size")
+                    help="prune: decoded entries replaced by a newer one (same loader, root, size, crop and options)")
     sp.add_argument("--missing-root", action="store_true", help="prune: decoded entries whose data folder is gone")
     sp.add_argument("--older-than", type=float, default=None, metavar="DAYS", help="prune: items older than this")
     sp.add_argument("--all", action="store_true", help="prune: everything (it is rebuilt on next use)")

@@ -208,4 +208,27 @@ def config_hash(cfg: dict[str, Any]) -> str:
     ignored = ("out", "progress", "tensorboard", "num_workers", "data_root", "unlabeled_extra_root",
                "test_data_root")
     keep = {k: v for k, v in cfg.items() if k not in ignored}
+    weights = (cfg.get("backbone") or {}).get("weights")
+    if weights:   # a re-made checkpoint at the same path is a different configuration
+        keep["backbone_weights_sha256"] = file_fingerprint(weights)
     return hashlib.sha256(json.dumps(keep, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+_FINGERPRINTS: dict[tuple, str] = {}
+
+
+def file_fingerprint(path: str | Path) -> str:
+    """SHA-256 (16 hex digits) of a file's content, or "missing"; computed once per (path, size, mtime)."""
+    path = Path(path).expanduser()
+    try:
+        stat = path.stat()
+    except OSError:
+        return "missing"
+    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    if key not in _FINGERPRINTS:
+        digest = hashlib.sha256()
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+        _FINGERPRINTS[key] = digest.hexdigest()[:16]
+    return _FINGERPRINTS[key]

@@ -141,6 +141,22 @@ def test_config_hash_ignores_where_and_how_verbosely_but_not_what():
     assert config_hash(a) == config_hash(b) != config_hash(c)
 
 
+def test_config_hash_follows_the_content_of_backbone_weights(tmp_path):
+    """A re-made checkpoint at the same path must not let a bench reuse runs fine-tuned from the old one."""
+    import os
+    weights = tmp_path / "pretrained.pt"
+    weights.write_bytes(b"first")
+    cfg = resolve([{"backbone": {"name": "smallcnn", "weights": str(weights)}}])
+    first = config_hash(cfg)
+    assert config_hash(cfg) == first
+    os.utime(weights, ns=(1, 1))                      # touched, same content: same configuration
+    assert config_hash(cfg) == first
+    weights.write_bytes(b"other")
+    assert config_hash(cfg) != first
+    weights.unlink()
+    assert config_hash(cfg) not in (first, config_hash(resolve([{"backbone": {"name": "smallcnn"}}])))
+
+
 def test_exponent_floats_without_a_dot_are_floats_in_yaml_and_set(tmp_path):
     """YAML 1.1 (PyYAML) reads ``1e-3`` as a string; a config must read it as the number it means."""
     f = tmp_path / "c.yaml"

@@ -18,20 +18,22 @@ import numpy as np
 import torch
 
 from sslzoo.config import parse_set, resolve
+from sslzoo.data.base import ImageSet
+from sslzoo.data.pipeline import view_batches
 from sslzoo.data.prepare import load_bundle
-from sslzoo.data.views import gather_images, normalize_batch
+from sslzoo.data.views import AugmentConfig, Views, normalize_batch
 from sslzoo.errors import SSLZooError
+from sslzoo.evaluation import predict
 from sslzoo.models import build_backbone
 
 
-@torch.no_grad()
-def features(model: torch.nn.Module, images: np.ndarray, batch: int = 500) -> np.ndarray:
-    """The backbone's feature (second output, eval mode) for every image."""
-    model.eval()
-    out = [model(normalize_batch(gather_images(images, np.arange(i, min(i + batch, len(images)))),
-                                 torch.device("cpu")))[1]
-           for i in range(0, len(images), batch)]
-    return torch.cat(out).numpy()
+def features(model: torch.nn.Module, images: ImageSet, batch: int = 500) -> np.ndarray:
+    """The backbone's feature (second output, eval mode, plain views) for every image."""
+    views = Views(images.images.shape[1], AugmentConfig())
+    cpu = torch.device("cpu")
+    _, _, feats = predict(model, view_batches(images, views, "plain", 0, batch),
+                          lambda x: normalize_batch(x, cpu), with_features=True)
+    return feats.numpy()
 
 
 def probe_accuracy(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, test_y: np.ndarray) -> float:
@@ -50,8 +52,8 @@ def run(cfg: dict[str, Any], weights: str | None, seeds: list[int]) -> list[tupl
         torch.manual_seed(seed)
         options = {**cfg["backbone"], **({"weights": weights} if name == "weights" else {})}
         model = build_backbone(options, bundle.num_classes, bundle.image_size)
-        acc = probe_accuracy(features(model, bundle.train.images), bundle.train.labels,
-                             features(model, bundle.test.images), bundle.test.labels)
+        acc = probe_accuracy(features(model, bundle.train), bundle.train.labels,
+                             features(model, bundle.test), bundle.test.labels)
         rows.append((name, seed, acc))
     return rows
 

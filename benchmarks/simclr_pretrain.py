@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -101,7 +100,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"simclr_pretrain: error: {exc}", file=sys.stderr)
         return 2
     state = {k: v for k, v in model.state_dict().items() if k.startswith("features.")}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     atomic_write(args.out, lambda f: torch.save({"state_dict": state, "recipe": vars(args)}, f), mode="wb")
     print(f"weights: {args.out} (use with --set backbone.weights={args.out})")
     return 0

@@ -86,8 +86,9 @@ def select_for_pruning(items: list[CacheItem], *, superseded: bool = False, miss
     """The items a prune with these criteria removes (any criterion suffices).
 
     ``superseded``: decoded entries for which a newer entry of the same loader, data root,
-    image size, crop and options exists (the files or the decoder changed since). ``missing_root``: decoded entries whose data
-    root is gone. ``older_than_days``: items created longer ago. ``everything``: all but
+    image size, crop and options exists (the files or the decoder changed since).
+    ``missing_root``: decoded entries whose data root is gone. ``older_than_days``: items
+    created longer ago. ``everything``: all but
     entries being built. An entry being built goes only when older than a day (and than
     ``older_than_days``): it may belong to a running build.
     """

@@ -19,13 +19,14 @@ import numpy as np
 from ..errors import SSLZooError
 from ..paths import cache_dir
 from .base import DataBundle, ImageSet
-from .synthfer import (GENERATOR_VERSION, MAX_SIZE, MIN_SIZE, RAF_TRAIN_COUNTS, _write_cache, draw_labels,
-                       expression_params, nuisance_params, options_key, render)
+from .synthfer import (GENERATOR_VERSION, RAF_TRAIN_COUNTS, arrays_fit, cached_arrays, check_image_size,
+                       draw_labels, expression_params, nuisance_params, options_key, read_npz, render)
 
 # nuisance_params keys that describe the person, not the photo (pose, scene, camera stay per image).
 IDENTITY_KEYS = ("skin", "hair", "iris", "face_a", "face_b", "jaw", "eye_x", "eye_y", "eye_w", "eye_id",
                  "brow_h", "brow_len", "brow_t", "nose_y", "mouth_y", "lip_red", "hair_w", "hair_cut",
                  "hairline", "hair_slant", "bald")
+_CACHE_KEYS = ("train_images", "train_labels", "test_images", "test_labels")
 _SEED_PATH = 1001   # SeedSequence([data_seed, 1001, ...]): synthfer itself uses 1, 2 and 3
 
 
@@ -38,8 +39,7 @@ class SynthFacesOptions:
     data_seed: int = 0
 
     def validate(self) -> None:
-        if not MIN_SIZE <= self.image_size <= MAX_SIZE:
-            raise SSLZooError(f"synthfer_faces image_size must be in {MIN_SIZE}..{MAX_SIZE}; got {self.image_size}.")
+        check_image_size("synthfer_faces", self.image_size)
         if self.n_identities < 2:
             raise SSLZooError(f"synthfer_faces needs n_identities >= 2; got {self.n_identities}.")
         if min(self.n_train, self.n_test) < max(7, self.n_identities):
@@ -92,23 +92,17 @@ def cache_path(opts: SynthFacesOptions) -> Path:
     return cache_dir() / f"synthfer-faces-{opts.cache_key()}.npz"
 
 
+def _read_cache(path: Path, opts: SynthFacesOptions) -> dict[str, np.ndarray] | None:
+    arrays = read_npz(path, _CACHE_KEYS)
+    ok = arrays is not None and arrays_fit(
+        arrays, {"train_images": opts.n_train, "test_images": opts.n_test},
+        {"train_labels": opts.n_train, "test_labels": opts.n_test}, opts.image_size, opts.n_identities)
+    return arrays if ok else None
+
+
 def load_arrays(opts: SynthFacesOptions) -> tuple[dict[str, np.ndarray], bool]:
     opts.validate()
-    path = cache_path(opts)
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            arrays = {k: np.array(data[k]) for k in ("train_images", "train_labels", "test_images", "test_labels")}
-        if (arrays["train_images"].shape == (opts.n_train, opts.image_size, opts.image_size, 3)
-                and arrays["test_images"].shape[0] == len(arrays["test_labels"]) == opts.n_test):
-            return arrays, True
-    except (OSError, ValueError, KeyError, EOFError):
-        pass   # missing or unreadable: regenerate
-    arrays = generate(opts)
-    try:
-        _write_cache(path, arrays)
-    except OSError:   # a read-only cache folder must not stop a run
-        pass
-    return arrays, False
+    return cached_arrays(cache_path(opts), lambda path: _read_cache(path, opts), lambda: generate(opts))
 
 
 def load_bundle(opts: SynthFacesOptions) -> DataBundle:

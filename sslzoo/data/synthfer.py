@@ -76,9 +76,7 @@ class SynthFEROptions:
     data_seed: int = 0
 
     def validate(self) -> None:
-        if not MIN_SIZE <= self.image_size <= MAX_SIZE:
-            raise SSLZooError(f"synthfer image_size must be in {MIN_SIZE}..{MAX_SIZE}; "
-                              f"got {self.image_size}.")
+        check_image_size("synthfer", self.image_size)
         if self.n_train < 7 or self.n_test < 7:
             raise SSLZooError(f"synthfer needs n_train >= 7 and n_test >= 7 (one image per "
                               f"class); got n_train={self.n_train}, n_test={self.n_test}.")
@@ -87,6 +85,11 @@ class SynthFEROptions:
 
     def cache_key(self) -> str:
         return options_key(self)
+
+
+def check_image_size(dataset: str, size: int) -> None:
+    if not MIN_SIZE <= size <= MAX_SIZE:
+        raise SSLZooError(f"{dataset} image_size must be in {MIN_SIZE}..{MAX_SIZE}; got {size}.")
 
 
 def options_key(opts: Any) -> str:
@@ -458,22 +461,32 @@ def cache_path(opts: SynthFEROptions) -> Path:
     return cache_dir() / f"synthfer-{opts.cache_key()}.npz"
 
 
-def _read_cache(path: Path, opts: SynthFEROptions) -> dict[str, np.ndarray] | None:
-    """The cached arrays, or None when the file is missing, truncated or inconsistent."""
+def read_npz(path: Path, keys: tuple[str, ...]) -> dict[str, np.ndarray] | None:
+    """The arrays ``keys`` of a cached ``.npz``, or None when it is missing or unreadable."""
     if not path.is_file():
         return None
     try:
         with np.load(path, allow_pickle=False) as data:
-            arrays = {key: np.array(data[key]) for key in _CACHE_KEYS}
+            return {key: np.array(data[key]) for key in keys}
     except (OSError, ValueError, KeyError, EOFError, RuntimeError, zipfile.BadZipFile):
         return None   # unreadable (crash, disk full, manual edit): regenerate
-    shape = (opts.image_size, opts.image_size, 3)
-    labels = [arrays[k] for k in ("train_labels", "train_clean_labels", "test_labels")]
-    ok = (arrays["train_images"].shape == (opts.n_train, *shape)
-          and arrays["test_images"].shape == (opts.n_test, *shape)
-          and arrays["train_images"].dtype == arrays["test_images"].dtype == np.uint8
-          and [len(y) for y in labels] == [opts.n_train, opts.n_train, opts.n_test]
-          and all(y.dtype == np.int64 and ((y >= 0) & (y < 7)).all() for y in labels))
+
+
+def arrays_fit(arrays: dict[str, np.ndarray], images: dict[str, int], labels: dict[str, int],
+               size: int, num_classes: int) -> bool:
+    """uint8 image arrays of the given lengths and size, int64 label arrays of the given lengths in range."""
+    return (all(arrays[k].shape == (n, size, size, 3) and arrays[k].dtype == np.uint8 for k, n in images.items())
+            and all(arrays[k].shape == (n,) and arrays[k].dtype == np.int64
+                    and ((arrays[k] >= 0) & (arrays[k] < num_classes)).all() for k, n in labels.items()))
+
+
+def _read_cache(path: Path, opts: SynthFEROptions) -> dict[str, np.ndarray] | None:
+    """The cached arrays, or None when the file is missing, truncated or inconsistent."""
+    arrays = read_npz(path, _CACHE_KEYS)
+    ok = arrays is not None and arrays_fit(
+        arrays, {"train_images": opts.n_train, "test_images": opts.n_test},
+        {"train_labels": opts.n_train, "train_clean_labels": opts.n_train, "test_labels": opts.n_test},
+        opts.image_size, 7)
     return arrays if ok else None
 
 
@@ -489,19 +502,23 @@ def _write_cache(path: Path, arrays: dict[str, np.ndarray]) -> None:
         raise
 
 
-def load_arrays(opts: SynthFEROptions) -> tuple[dict[str, np.ndarray], bool]:
-    """The data set's arrays and whether they came from the cache (generating them if needed)."""
-    opts.validate()
-    path = cache_path(opts)
-    arrays = _read_cache(path, opts)
+def cached_arrays(path: Path, read, make) -> tuple[dict[str, np.ndarray], bool]:
+    """``read(path)`` if it gives arrays, else ``make()`` them and cache them; and whether cached."""
+    arrays = read(path)
     if arrays is not None:
         return arrays, True
-    arrays = generate(opts)
+    arrays = make()
     try:
         _write_cache(path, arrays)
     except OSError:   # a read-only cache folder must not stop a run
         pass
     return arrays, False
+
+
+def load_arrays(opts: SynthFEROptions) -> tuple[dict[str, np.ndarray], bool]:
+    """The data set's arrays and whether they came from the cache (generating them if needed)."""
+    opts.validate()
+    return cached_arrays(cache_path(opts), lambda path: _read_cache(path, opts), lambda: generate(opts))
 
 
 def load_bundle(opts: SynthFEROptions) -> DataBundle:

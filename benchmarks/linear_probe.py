@@ -1,6 +1,7 @@
 """Linear probe: how much class information do a backbone's frozen features hold?
 
-``python -m benchmarks.linear_probe --dataset synthfer --weights pretrained/synthfer_faces/checkpoint.pt``
+``python -m benchmarks.linear_probe --dataset synthfer --set backbone.pretrained=simclr_faces`` (a
+recipe) or ``--weights pretrained/synthfer_faces/checkpoint.pt`` (a file).
 
 Why: before fine-tuning from pretrained weights, check that they help. A logistic regression
 on the frozen features, fit on *every* training label (an upper bound no SSL run sees), then
@@ -45,12 +46,18 @@ def probe_accuracy(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray,
 
 
 def run(cfg: dict[str, Any], weights: str | None, seeds: list[int]) -> list[tuple[str, int, float]]:
-    """(features, seed, probe accuracy) rows: random init per seed, then the weights if given."""
+    """(features, seed, probe accuracy) rows: random init per seed, then the pretrained backbone if any.
+
+    The pretrained backbone is ``weights`` or the config's ``backbone.weights`` / ``backbone.pretrained``.
+    """
     bundle = load_bundle(cfg["dataset"], cfg["data_root"], cfg["image_size"], cfg["data"])
+    pretrained = {**cfg["backbone"], **({"weights": weights} if weights else {})}
+    random_init = {k: v for k, v in cfg["backbone"].items() if k not in ("weights", "pretrained")}
+    has_pretrained = bool(pretrained.get("weights") or pretrained.get("pretrained"))
     rows = []
-    for name, seed in [("random init", s) for s in seeds] + ([("weights", seeds[0])] if weights else []):
+    for name, seed in [("random init", s) for s in seeds] + ([("pretrained", seeds[0])] if has_pretrained else []):
         torch.manual_seed(seed)
-        options = {**cfg["backbone"], **({"weights": weights} if name == "weights" else {})}
+        options = pretrained if name == "pretrained" else random_init
         model = build_backbone(options, bundle.num_classes, bundle.image_size)
         acc = probe_accuracy(features(model, bundle.train), bundle.train.labels,
                              features(model, bundle.test), bundle.test.labels)
@@ -70,7 +77,9 @@ def main(argv: list[str] | None = None) -> int:
         seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
         cfg = resolve([{"dataset": args.dataset}, parse_set(args.set)])
         for name, seed, acc in run(cfg, args.weights, seeds or [0]):
-            label = args.weights if name == "weights" else f"random init (seed {seed})"
+            backbone = cfg["backbone"]
+            label = (f"random init (seed {seed})" if name == "random init"
+                     else args.weights or backbone.get("weights") or f"pretrained={backbone.get('pretrained')}")
             print(f"{cfg['dataset']}: linear probe on {cfg['backbone']['name']} features, {label}: "
                   f"{acc:.2f} % test accuracy")
     except (SSLZooError, ValueError) as exc:

@@ -1,4 +1,4 @@
-"""Command line: sslzoo list | train | data | cache | bench | table | plot | calibration | eval | throughput.
+"""Command line: sslzoo list | train | pretrain | data | cache | bench | table | plot | calibration | eval | throughput.
 
 User errors (SSLZooError) print as one paragraph and exit 2; --debug shows the traceback.
 """
@@ -72,9 +72,10 @@ def config_layers(args: argparse.Namespace, extra: dict[str, Any] | None = None)
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    from .registry import ALGORITHMS, BACKBONES, DATASETS, POLICIES, describe
+    from .registry import ALGORITHMS, BACKBONES, DATASETS, POLICIES, PRETRAINED, describe
     for title, reg in (("algorithms", ALGORITHMS), ("threshold policies", POLICIES),
-                       ("data sets", DATASETS), ("backbones", BACKBONES)):
+                       ("data sets", DATASETS), ("backbones", BACKBONES),
+                       ("pretrained backbones (backbone.pretrained=NAME)", PRETRAINED)):
         print(f"{title}:")
         width = max([12, *(len(name) + 1 for name, _ in reg.items())])
         for name, obj in reg.items():
@@ -156,6 +157,24 @@ def cmd_cache(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_pretrain(args: argparse.Namespace) -> int:
+    """Build (or find) a recipe's pretrained backbone for the config's backbone and image size."""
+    from .config import resolve
+    from .data.prepare import load_bundle
+    from .pretrain.store import pretrained_weights, weights_path
+    from .registry import PRETRAINED
+    cfg = resolve(config_layers(args))
+    recipe, name = PRETRAINED.get(args.name), args.name.lower()
+    size = cfg["image_size"] or load_bundle(cfg["dataset"], cfg["data_root"], None, cfg["data"]).image_size
+    backbone = {k: v for k, v in cfg["backbone"].items() if k not in ("weights", "pretrained")}
+    cached = weights_path(name, backbone, size).is_file()
+    path = pretrained_weights(name, backbone, size)
+    print(f"{name} ({recipe.description}) for backbone '{backbone['name']}' at {size} px: "
+          f"{path}{' (already cached)' if cached else ''}\n"
+          f"use it with --set backbone.pretrained={name}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="sslzoo", description=__doc__.splitlines()[0])
     p.add_argument("--debug", action="store_true", help="show tracebacks for errors")
@@ -184,8 +203,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.set_defaults(func=cmd_data)
 
     sp = sub.add_parser("cache", help="list the data caches, or prune what is no longer needed",
-                        description="sslzoo cache [list]: every cached data set (decoded images, generated "
-                                    "synthfer data) with its size. sslzoo cache prune: remove by criterion.")
+                        description="sslzoo cache [list]: every cached item (decoded images, generated "
+                                    "synthfer data, pretrained backbones) with its size. "
+                                    "sslzoo cache prune: remove by criterion.")
     sp.add_argument("action", nargs="?", default="list", choices=["list", "prune"])
     sp.add_argument("--superseded", action="store_true",
                     help="prune: decoded entries replaced by a newer one (same loader, root, size, crop and options)")
@@ -194,6 +214,14 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--all", action="store_true", help="prune: everything (it is rebuilt on next use)")
     sp.add_argument("--dry-run", action="store_true", help="prune: only list what would be removed")
     sp.set_defaults(func=cmd_cache)
+
+    sp = sub.add_parser("pretrain", help="build a pretrained backbone now (else built on first use)",
+                        description="Train (or find in the cache) the backbone a recipe makes, for the "
+                                    "backbone and image size the config gives (by default synthfer's "
+                                    "smallcnn). Runs with --set backbone.pretrained=NAME use it.")
+    sp.add_argument("name", help="a pretraining recipe (see `sslzoo list`)")
+    add_train_flags(sp)
+    sp.set_defaults(func=cmd_pretrain)
 
     for register in _EXTRA_COMMANDS:
         register(sub)

@@ -211,6 +211,10 @@ def config_hash(cfg: dict[str, Any]) -> str:
     weights = (cfg.get("backbone") or {}).get("weights")
     if weights:   # a re-made checkpoint at the same path is a different configuration
         keep["backbone_weights_sha256"] = file_fingerprint(weights)
+    pretrained = (cfg.get("backbone") or {}).get("pretrained")
+    if pretrained:   # a changed recipe (new version, other hyperparameters) is a different configuration
+        from .pretrain.store import recipe_fingerprint
+        keep["backbone_pretrained_recipe"] = recipe_fingerprint(str(pretrained))
     return hashlib.sha256(json.dumps(keep, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 

@@ -1,4 +1,4 @@
-"""Named registries for algorithms, threshold policies, data sets and backbones.
+"""Named registries for algorithms, threshold policies, data sets, backbones and pretrained backbones.
 
 Why: the trainer, the CLI and the bench only ever see names. Adding a component
 is one decorator (``@register_policy("topk")``) in any imported file, a
@@ -8,6 +8,7 @@ is one decorator (``@register_policy("topk")``) in any imported file, a
 from __future__ import annotations
 
 import difflib
+import hashlib
 import importlib
 import importlib.metadata
 import importlib.util
@@ -75,6 +76,8 @@ def _where(obj: Any) -> str:
 
 def describe(obj: Any) -> str:
     """First line of a component's docstring: the one-line description `sslzoo list` shows."""
+    if isinstance(getattr(obj, "description", None), str):   # e.g. a pretraining recipe (a dataclass)
+        return obj.description
     doc = (getattr(obj, "__doc__", None) or "").strip()
     return doc.splitlines()[0] if doc else ""
 
@@ -83,6 +86,7 @@ ALGORITHMS: Registry = Registry("algorithm")
 POLICIES: Registry = Registry("threshold policy")
 DATASETS: Registry = Registry("data set")
 BACKBONES: Registry = Registry("backbone")
+PRETRAINED: Registry = Registry("pretrained backbone")
 
 register_algorithm = ALGORITHMS.register
 register_policy = POLICIES.register
@@ -95,6 +99,7 @@ _BUILTIN_MODULES = (
     "sslzoo.data.builtin",
     "sslzoo.data.fer",
     "sslzoo.models",
+    "sslzoo.pretrain",
 )
 _loaded = False
 
@@ -127,7 +132,9 @@ def load_plugin(path: str | Path) -> None:
     if not path.is_file():
         raise SSLZooError(f"Plugin file '{path}' does not exist (expected a .py file that "
                           f"registers components with @register_policy / @register_algorithm).")
-    module_name = f"sslzoo_plugin_{abs(hash(str(path.resolve())))}"
+    # the same name in every process (str hashes are salted per process): component fingerprints
+    # such as a pretraining recipe's include the module name
+    module_name = f"sslzoo_plugin_{hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:16]}"
     if module_name in sys.modules:
         return
     spec = importlib.util.spec_from_file_location(module_name, path)

@@ -134,9 +134,14 @@ def test_suite_parsing_and_per_row_overrides(tmp_path):
 
 
 def test_builtin_suites_parse_and_default_resolves(tmp_path, monkeypatch):
-    for name in ("default", "paper/table2", "paper/table3", "paper/table4"):
+    for name in ("default", "scratch", "paper/table1_synthfer", "paper/table2", "paper/table3", "paper/table4"):
         suite = G.load_suite(name)
         assert suite.methods and suite.settings and len(suite.seeds) >= 3
+    # the main command fine-tunes the SimCLR-pretrained backbone; `scratch` is the same without it
+    default, scratch = G.load_suite("default"), G.load_suite("scratch")
+    assert default.defaults["backbone"] == {"name": "smallcnn", "pretrained": "simclr_faces"}
+    assert scratch.defaults == {**default.defaults, "backbone": {"name": "smallcnn"}}
+    assert [m.overrides for m in scratch.methods] == [m.overrides for m in default.methods]
     t2 = G.load_suite("paper/table2")
     assert [m.name for m in t2.methods] == ["Baseline", "Pseudo-Labeling", "MixMatch", "UDA", "ReMixMatch",
                                             "FixMatch", "Ada-CM"]
@@ -147,6 +152,7 @@ def test_builtin_suites_parse_and_default_resolves(tmp_path, monkeypatch):
                                                 for s in t2.settings if s.dataset == "sfew")
     _, _, _, cells = _cells(["--out", str(tmp_path / "b")])     # bare `sslzoo bench` = the default suite
     assert {c.cfg["algo"] for c in cells} == {"supervised", "fixmatch", "adacm"} and len(cells) == 9
+    assert all(c.cfg["backbone"]["pretrained"] == "simclr_faces" for c in cells)
     # data folders come from ${VAR}s; an unset one is named before anything runs
     monkeypatch.delenv("RAFDB_ROOT", raising=False)
     with pytest.raises(SSLZooError, match="RAFDB_ROOT"):

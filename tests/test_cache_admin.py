@@ -144,3 +144,22 @@ def test_human_bytes():
     assert human_bytes(2048) == "2.0 KB"
     assert human_bytes(3 * 1024 ** 3) == "3.0 GB"
     assert human_bytes(5000 * 1024 ** 3) == "5000.0 GB"
+
+
+def test_pretrained_backbones_are_listed_and_pruned_like_the_rest(tmp_path, monkeypatch):
+    now = time.time()
+    monkeypatch.setenv("SSLZOO_CACHE", str(tmp_path))
+    folder = tmp_path / "pretrained"
+    folder.mkdir()
+    weights = folder / "simclr_faces-0123456789abcdef.pt"
+    weights.write_bytes(b"w" * 300)
+    _age(weights, 5, now)
+    writing = folder / ".simclr_faces-0123456789abcdef.pt.abc.tmp"    # atomic_write's temp file
+    writing.write_bytes(b"t")
+    (folder / "simclr_faces-0123456789abcdef.lock").write_bytes(b"")  # the build lock: not an item
+    by_name = {i.path.name: i for i in list_items()}
+    assert set(by_name) == {weights.name, writing.name}
+    assert by_name[weights.name].kind == "pretrained" and by_name[weights.name].bytes == 300
+    assert "'simclr_faces'" in by_name[weights.name].description
+    assert by_name[writing.name].kind == "building"
+    assert _names(select_for_pruning(list_items(), older_than_days=2, now=now)) == {weights.name}

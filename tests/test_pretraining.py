@@ -131,34 +131,3 @@ def test_linear_probe_separates_informative_from_uninformative_features(capsys):
     assert "random init (seed 0):" in capsys.readouterr().out
     assert main([*args, "--weights", "/nonexistent.pt"]) == 2
     assert "does not exist" in capsys.readouterr().err
-
-
-def test_nt_xent_by_hand_and_against_a_loop():
-    from benchmarks.simclr_pretrain import nt_xent
-    # two images, two identical views each: every row's positive has similarity 1, its two negatives 0
-    z = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
-    assert nt_xent(z, z.clone(), 1.0).item() == pytest.approx(np.log(1 + 2 / np.e))
-    torch.manual_seed(0)
-    z1, z2, t = torch.randn(5, 3), torch.randn(5, 3), 0.2
-    allz = torch.nn.functional.normalize(torch.cat([z1, z2]), dim=1)
-    terms = []
-    for i in range(10):
-        j = (i + 5) % 10
-        others = [k for k in range(10) if k != i]
-        denom = sum(torch.exp(allz[i] @ allz[k] / t) for k in others)
-        terms.append(-torch.log(torch.exp(allz[i] @ allz[j] / t) / denom))
-    assert nt_xent(z1, z2, t).item() == pytest.approx(torch.stack(terms).mean().item(), rel=1e-5)
-
-
-def test_simclr_pretrain_writes_weights_smallcnn_loads(tmp_path, capsys):
-    from benchmarks.simclr_pretrain import main
-    out = tmp_path / "w" / "simclr.pt"
-    assert main(["--out", str(out), "--dataset", "digits", "--width", "4", "--epochs", "1",
-                 "--batch-size", "128", "--threads", "1"]) == 0
-    assert "epoch 1/1: NT-Xent" in capsys.readouterr().out
-    model = build_backbone({"name": "smallcnn", "width": 4, "weights": str(out)}, 7, 32)
-    saved = torch.load(out, weights_only=True)
-    assert torch.equal(model.features[0][0].weight, saved["state_dict"]["features.0.0.weight"])
-    assert saved["recipe"]["temperature"] == 0.2
-    assert main(["--out", str(out), "--dataset", "digits", "--batch-size", "5000", "--threads", "1"]) == 2
-    assert "at least --batch-size=5000 images" in capsys.readouterr().err

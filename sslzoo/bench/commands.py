@@ -195,7 +195,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     manifest = _manifest(out, suite, full, cells, baseline, metric)
     write_manifest(out, manifest)
     runner = BenchRunner(mine, out, jobs=args.jobs, plugins=args.plugin, progress=not args.no_progress,
-                         retry_failed=args.retry_failed, on_result=lambda: write_results_csv(out))
+                         retry_failed=args.retry_failed, on_result=lambda: write_results_csv(out),
+                         before_launch=_prebuild_pretrained)
     try:
         summary = runner.run()
     except KeyboardInterrupt:
@@ -209,6 +210,13 @@ def cmd_bench(args: argparse.Namespace) -> int:
               f"{out / 'results.csv'}; rerun with --retry-failed to try failed runs again)", file=sys.stderr)
         return 1
     return 0
+
+
+def _prebuild_pretrained(cells: list) -> None:
+    """Pretrained backbones the runs start from, built here once rather than by the first run
+    while its parallel siblings wait on the lock."""
+    from ..pretrain.store import prebuild
+    prebuild([cell.cfg for cell in cells])
 
 
 def finalize(out: Path, manifest: dict[str, Any], *, metric: str = "final", baseline: str | None = None,

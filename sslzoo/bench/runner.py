@@ -44,6 +44,8 @@ from pathlib import Path
 from queue import Queue
 from typing import Any, Callable, Sequence
 
+from ..io import FileLock
+
 DONE, RESUME, FRESH = "done", "resume", "fresh"
 RUN_FILES = ("metrics.json", "checkpoint.pt", "result.json", "config.yaml", "split.json")
 CELL_CONFIG = "cell.yaml"
@@ -100,33 +102,6 @@ def log_error(run_dir: Path, max_chars: int = 600) -> str:
                 ln = ln[len(prefix):] if ln.startswith(prefix) else ln
             return ln[:max_chars]
     return lines[-1][:max_chars] if lines else ""
-
-
-class RunLock:
-    """An exclusive flock on ``<run_dir>/.lock``, held by the process training the run until it exits."""
-
-    def __init__(self, path: Path):
-        self.path = path
-        self.fd: int | None = None
-
-    def acquire(self, blocking: bool) -> bool:
-        try:
-            import fcntl
-        except ImportError:          # no flock (Windows): no cross-process protection
-            return True
-        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(self.fd, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
-        except OSError:
-            os.close(self.fd)
-            self.fd = None
-            return False
-        return True
-
-    def release(self) -> None:
-        if self.fd is not None:
-            os.close(self.fd)
-            self.fd = None
 
 
 # ----------------------------------------------------------------------------- child processes
@@ -186,7 +161,7 @@ def _child_main(argv: list[str]) -> int:
     args = p.parse_args(argv)
     _watch_parent()
     run_dir = Path(args.run_dir)
-    lock = RunLock(run_dir / ".lock")
+    lock = FileLock(run_dir / ".lock")
     if not lock.acquire(blocking=False):
         print(f"=== waiting: another process is training {run_dir}", flush=True)
         lock.acquire(blocking=True)
@@ -426,7 +401,7 @@ def make_launcher(kind: str | None = None, python: str = sys.executable):
 
 def lock_busy(run_dir: Path) -> bool:
     """Whether another process is training this run folder right now."""
-    lock = RunLock(run_dir / ".lock")
+    lock = FileLock(run_dir / ".lock")
     if lock.acquire(blocking=False):
         lock.release()
         return False
@@ -464,7 +439,9 @@ class BenchRunner:
     def __init__(self, cells: list, out: str | Path, *, jobs: int = 1, plugins: Sequence[str] = (),
                  progress: bool = True, retry_failed: bool = False, launcher: Any = None,
                  poll_s: float = 0.5, on_result: Callable[[], None] | None = None,
-                 echo: Callable[[str], None] | None = None):
+                 echo: Callable[[str], None] | None = None,
+                 before_launch: Callable[[list], None] | None = None):
+        """``before_launch(cells)``: called once with the cells still to train, before the first starts."""
         from ..config import config_hash
         self.cells = cells
         self.out = Path(out)
@@ -476,6 +453,7 @@ class BenchRunner:
         self.poll_s = poll_s
         self.on_result = on_result
         self._echo = echo
+        self.before_launch = before_launch
         self.hashes = {id(c): config_hash(c.cfg) for c in cells}
         self.stop = threading.Event()
         self._lock = threading.Lock()
@@ -499,6 +477,8 @@ class BenchRunner:
             return summary
         if hasattr(self.launcher, "warm_up"):
             self.launcher.warm_up()
+        if self.before_launch is not None:
+            self.before_launch(todo)
         if any(str(c.cfg.get("device")) in ("auto", "cuda") for c in todo):
             self._gpus = visible_gpus()
         jobs = min(self.jobs, len(todo))

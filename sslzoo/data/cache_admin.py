@@ -4,10 +4,11 @@ Why: the caches only ever grow. A decoded entry is never overwritten when its da
 set changes (a new key supersedes it, see :mod:`sslzoo.data.cache`), and every
 synthfer option set keeps its own ``.npz``. At 224 px AffectNet alone needs tens of GB.
 
-Three kinds of item live under ``cache_dir()``:
+Four kinds of item live under ``cache_dir()``:
   * ``decoded``: ``decoded/<key>/`` (a loader's decoded images and their meta.json);
   * ``synthfer``: ``synthfer-<hash>.npz`` (a generated synthfer data set);
-  * ``building``: ``decoded/.tmp-*`` (an entry being built right now, or left by a crash).
+  * ``pretrained``: ``pretrained/<recipe>-<key>.pt`` (a backbone built by ``backbone.pretrained``);
+  * ``building``: ``decoded/.tmp-*`` and ``*.tmp`` files (being built right now, or left by a crash).
 
 Removing an entry that a running training has memory-mapped is safe on Linux and macOS
 (the open file lives on until it is closed); the next run that needs it rebuilds it.
@@ -26,7 +27,7 @@ from ..paths import cache_dir
 
 @dataclass
 class CacheItem:
-    kind: str            # decoded | synthfer | building
+    kind: str            # decoded | synthfer | pretrained | building
     path: Path
     bytes: int
     created: float       # modification time of the item (seconds since the epoch)
@@ -61,6 +62,13 @@ def list_items(root: Path | None = None) -> list[CacheItem]:
     for tmp in root.glob("synthfer-*.tmp"):
         items.append(CacheItem("building", tmp, _size(tmp), tmp.stat().st_mtime,
                                "synthfer data being written (or left by a crash)"))
+    for weights in (root / "pretrained").glob("*.pt"):
+        recipe = weights.stem.rsplit("-", 1)[0]
+        items.append(CacheItem("pretrained", weights, _size(weights), weights.stat().st_mtime,
+                               f"backbone pretrained with '{recipe}'"))
+    for tmp in (root / "pretrained").glob(".*.tmp"):
+        items.append(CacheItem("building", tmp, _size(tmp), tmp.stat().st_mtime,
+                               "pretrained weights being written (or left by a crash)"))
     decoded = root / "decoded"
     for entry in (sorted(decoded.iterdir()) if decoded.is_dir() else []):
         if not entry.is_dir():

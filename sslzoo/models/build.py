@@ -8,7 +8,8 @@ from typing import Any, Callable
 
 from torch import nn
 
-from ..registry import BACKBONES
+from ..errors import SSLZooError
+from ..registry import BACKBONES, PRETRAINED
 
 
 def accepted_options(factory: Callable[..., nn.Module]) -> set[str] | None:
@@ -27,12 +28,25 @@ def build_backbone(cfg: dict[str, Any], num_classes: int, image_size: int) -> nn
     suite whose rows mix backbones (paper/table4). Those keys must not stop a run that switches
     backbone, but a typo (``widht``) must not pass unnoticed either.
     """
+    from ..pretrain import resolve_pretrained   # here: sslzoo.pretrain builds backbones itself
     name = cfg["name"]
     factory = BACKBONES.get(name)
-    options = {k: v for k, v in cfg.items() if k != "name" and v is not None}
+    accepted = accepted_options(factory)
+    recipe = cfg.get("pretrained")
+    if recipe and str(recipe).lower() in PRETRAINED and accepted is not None and "weights" not in accepted:
+        raise SSLZooError(f"backbone '{name}' takes no weights file, so backbone.pretrained={recipe} cannot "
+                          f"start it from pretrained weights (it takes: {', '.join(sorted(accepted))}).")
+    resolved = resolve_pretrained(cfg, image_size)     # a recipe name -> weights=<its cached file>
+    options = {k: v for k, v in resolved.items() if k != "name" and v is not None}
     if name == "resnet18" and "small_input" not in options:
         options["small_input"] = image_size <= 64
-    accepted = accepted_options(factory)
+    if "pretrained" in options and accepted is not None and "pretrained" not in accepted:
+        known = PRETRAINED.names()
+        close = difflib.get_close_matches(str(options["pretrained"]).lower(), known, 1)
+        raise SSLZooError(f"backbone.pretrained={options['pretrained']!r} is not a pretraining recipe"
+                          + (f" (did you mean '{close[0]}'?)" if close else "")
+                          + f"; known: {', '.join(known)}. "
+                          f"Or pass a weights file with backbone.weights=PATH.")
     if accepted is not None:
         ignored = sorted(set(options) - accepted)
         if ignored:

@@ -65,6 +65,8 @@ def resnet18(num_classes: int, *, weights: str | None = None, pretrained: str | 
         state = {k: v for k, v in tv.state_dict().items() if not k.startswith("fc.")}
         model.body.load_state_dict(state, strict=False)
     elif pretrained:
-        raise SSLZooError(f"backbone.pretrained must be 'imagenet' or empty; got {pretrained!r} "
+        from ..registry import PRETRAINED
+        raise SSLZooError(f"backbone.pretrained must be 'imagenet', a pretraining recipe "
+                          f"({', '.join(PRETRAINED.names())}) or empty; got {pretrained!r} "
                           f"(for MS-Celeb-1M weights use backbone.weights=PATH).")
     return model

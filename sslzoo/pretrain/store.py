@@ -1,0 +1,177 @@
+"""Named pretrained backbones: ``backbone.pretrained=NAME`` trains them on first use and caches them.
+
+Why built here and not shipped: the weights depend on the backbone's architecture and the
+image size a run uses, and the data they are trained on is generated offline anyway, so a
+recipe (data set + method + hyperparameters) is the thing to name and version. The weights
+file lands in ``<cache>/pretrained/<name>-<key>.pt``; the key hashes the recipe, its
+version, the backbone's architecture options, the image size and the device type, so a
+changed recipe never reuses stale weights and two machines with the same key hold the same
+file. A file lock lets one process build it while others (a bench's parallel runs, two
+``sslzoo train`` commands) wait and then read it.
+
+Reproducibility: the recipe fixes the number of CPU threads it trains with (float sums
+depend on it), so every CPU machine builds bit-identical weights for the same key.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..errors import SSLZooError
+from ..io import FileLock, atomic_write
+from ..paths import cache_dir
+from ..registry import PRETRAINED
+
+HEAD_OPTIONS = ("weights", "pretrained", "dropout", "normalize_feature")   # not part of the trained layers
+FORMAT = "sslzoo-pretrained-1"
+
+
+@dataclass(frozen=True)
+class PretrainRecipe:
+    """How to pretrain a backbone: on whose images, with which method and hyperparameters."""
+
+    description: str
+    dataset: str                                  # a registered data set; its training images, labels unused
+    method: Callable[..., None]    # method(model, images uint8 [N,3,H,W], seed=, device=, log=, **params)
+    params: dict[str, Any] = field(default_factory=dict)
+    seed: int = 0
+    threads: int = 2                              # CPU threads while training (fixes float summation order)
+    version: int = 1                              # bump when the code behind the recipe changes its weights
+
+
+def say(message: str) -> None:
+    """Progress lines, flushed: a bench's output often goes to a file, and pretraining takes minutes."""
+    print(message, flush=True)
+
+
+def register_pretrained(name: str, recipe: PretrainRecipe) -> PretrainRecipe:
+    """Make ``backbone.pretrained=<name>`` available (one call in any imported file or plugin)."""
+    return PRETRAINED.register(name)(recipe)
+
+
+def architecture(backbone_cfg: dict[str, Any]) -> dict[str, Any]:
+    """The backbone options that shape its trained layers (the head's are retrained anyway)."""
+    return {k: v for k, v in backbone_cfg.items() if k not in HEAD_OPTIONS and v is not None}
+
+
+def _recipe_fields(name: str) -> dict[str, Any]:
+    recipe = PRETRAINED.get(name)
+    return {"name": name.lower(), "version": recipe.version, "dataset": recipe.dataset,
+            "method": f"{recipe.method.__module__}.{recipe.method.__qualname__}", "params": recipe.params,
+            "seed": recipe.seed, "threads": recipe.threads}
+
+
+def _digest(fields: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def recipe_fingerprint(name: str) -> str:
+    """What the recipe trains (for a run's config hash); "unknown" for a name that is no recipe."""
+    return _digest(_recipe_fields(name)) if name.lower() in PRETRAINED else "unknown"
+
+
+def weights_key(name: str, backbone_cfg: dict[str, Any], image_size: int, device_type: str) -> str:
+    return _digest({**_recipe_fields(name), "backbone": architecture(backbone_cfg),
+                    "image_size": int(image_size), "device": device_type})
+
+
+def weights_path(name: str, backbone_cfg: dict[str, Any], image_size: int, device_type: str | None = None) -> Path:
+    """Where the weights for this recipe, backbone and image size live (whether built or not)."""
+    device_type = device_type or build_device().type
+    return cache_dir() / "pretrained" / f"{name.lower()}-{weights_key(name, backbone_cfg, image_size, device_type)}.pt"
+
+
+def build_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def pretrained_weights(name: str, backbone_cfg: dict[str, Any], image_size: int,
+                       log: Callable[[str], None] = say) -> Path:
+    """The weights file of recipe ``name`` for this backbone, training it first if it is not cached."""
+    device = build_device()
+    path = weights_path(name, backbone_cfg, image_size, device.type)
+    if _readable(path):
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(path.with_suffix(".lock")):
+        if _readable(path):                       # another process built it while we waited
+            return path
+        recipe = PRETRAINED.get(name)
+        log(f"pretraining backbone '{backbone_cfg.get('name')}' with '{name}' ({recipe.description}); "
+            f"once per machine, cached at {path}")
+        state = train_recipe(name, recipe, backbone_cfg, image_size, device, log)
+        meta = {"format": FORMAT, "recipe": name.lower(), "version": recipe.version, "params": recipe.params,
+                "dataset": recipe.dataset, "backbone": architecture(backbone_cfg), "image_size": int(image_size)}
+        atomic_write(path, lambda f: torch.save({"state_dict": state, "pretrained": meta}, f), mode="wb")
+    return path
+
+
+def train_recipe(name: str, recipe: PretrainRecipe, backbone_cfg: dict[str, Any], image_size: int,
+                 device: torch.device, log: Callable[[str], None]) -> dict[str, torch.Tensor]:
+    """Train a fresh backbone with ``recipe``; its state dict without the (discarded) head."""
+    from ..data.prepare import load_bundle
+    from ..models.build import build_backbone
+    bundle = load_bundle(recipe.dataset, None, image_size, {})
+    images = torch.from_numpy(np.ascontiguousarray(bundle.train.images)).permute(0, 3, 1, 2).contiguous()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(recipe.threads)
+    try:
+        torch.manual_seed(recipe.seed)
+        model: nn.Module = build_backbone({**architecture(backbone_cfg), "dropout": 0.0, "normalize_feature": False},
+                                          1, image_size)
+        recipe.method(model, images, seed=recipe.seed, device=device, log=log, **recipe.params)
+    finally:
+        torch.set_num_threads(threads)
+    return {k: v.detach().cpu() for k, v in model.state_dict().items() if not k.startswith("head.")}
+
+
+def _readable(path: Path) -> bool:
+    """A finished weights file (atomic writes leave no half files; a foreign or broken one is rebuilt)."""
+    if not path.is_file():
+        return False
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # noqa: BLE001 - unreadable: rebuild it
+        return False
+    return isinstance(ckpt, dict) and ckpt.get("pretrained", {}).get("format") == FORMAT
+
+
+def resolve_pretrained(backbone_cfg: dict[str, Any], image_size: int) -> dict[str, Any]:
+    """``backbone_cfg`` with a recipe name in ``pretrained`` replaced by ``weights=<its cached file>``.
+
+    Other values of ``pretrained`` (resnet18's ``imagenet``) are the backbone's own business.
+    """
+    name = backbone_cfg.get("pretrained")
+    if not name or str(name).lower() not in PRETRAINED:
+        return backbone_cfg
+    if backbone_cfg.get("weights"):
+        raise SSLZooError(f"backbone.pretrained={name} and backbone.weights={backbone_cfg['weights']} both "
+                          f"name the weights to start from; keep one of them (a suite that sets "
+                          f"backbone.pretrained, such as the default one, takes --set backbone.pretrained=null).")
+    path = pretrained_weights(str(name), backbone_cfg, image_size)
+    return {**{k: v for k, v in backbone_cfg.items() if k != "pretrained"}, "weights": str(path)}
+
+
+def prebuild(configs: Iterable[dict[str, Any]], log: Callable[[str], None] = say) -> list[Path]:
+    """Build (or find) the weights every run config in ``configs`` starts from, once per file.
+
+    Configs without a recipe in ``backbone.pretrained``, or without an explicit ``image_size``
+    (the data set decides it, known only once loaded), are left to their runs.
+    """
+    paths: list[Path] = []
+    for cfg in configs:
+        backbone = cfg.get("backbone") or {}
+        name = backbone.get("pretrained")
+        if not name or str(name).lower() not in PRETRAINED or not cfg.get("image_size"):
+            continue
+        path = pretrained_weights(str(name), backbone, int(cfg["image_size"]), log)
+        if path not in paths:
+            paths.append(path)
+    return paths

@@ -31,6 +31,20 @@ def _isolated_cache(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("SSLZOO_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
 
 
+@pytest.fixture(autouse=True)
+def _no_real_pretraining(monkeypatch):
+    """The built-in recipes train for minutes: a test that reaches one fails instead of being slow."""
+    import dataclasses
+    from sslzoo.registry import PRETRAINED
+
+    def refuse(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("a test started real simclr_faces pretraining (minutes); set "
+                             "backbone.pretrained=None or register a fake recipe (tests/test_pretrain_store.py)")
+
+    monkeypatch.setitem(PRETRAINED._items, "simclr_faces",
+                        dataclasses.replace(PRETRAINED.get("simclr_faces"), method=refuse))
+
+
 TINY: dict[str, Any] = {
     "dataset": "synthfer", "data": {"n_train": 420, "n_test": 140}, "labels": 35,
     "epochs": 1, "iters_per_epoch": 3, "batch_size": 8, "mu": 1, "num_workers": 0,

@@ -73,10 +73,12 @@ def test_synthfer_suite_first_two_rows_train_one_tiny_epoch(tmp_path, tiny):
     from sslzoo.trainer import train
     suite = load_yaml(PAPER / "table1_synthfer.yaml")
     assert suite["settings"] == [{"dataset": "synthfer", "labels": 70}] and len(suite["defaults"]["seeds"]) == 3
+    assert suite["defaults"]["backbone"]["pretrained"] == "simclr_faces"     # the main command's backbone
     for i, (name, layer) in enumerate(_cells(suite)[:2]):
         shrink = {k: v for k, v in tiny(tmp_path).items() if k in ("data", "labels", "epochs", "iters_per_epoch",
                                                                    "batch_size", "num_workers", "tensorboard",
                                                                    "progress", "backbone")}
+        shrink["backbone"] = {**shrink["backbone"], "pretrained": None}     # minutes of pretraining: not here
         cfg = resolve([deep_merge(copy.deepcopy(layer), shrink), {"out": str(tmp_path / f"row{i}")}])
         metrics = train(cfg)
         assert metrics["status"] == "finished", name

@@ -26,6 +26,7 @@ from sslzoo.data.views import AugmentConfig, Views, normalize_batch
 from sslzoo.errors import SSLZooError
 from sslzoo.evaluation import predict
 from sslzoo.models import build_backbone
+from sslzoo.registry import load_plugin
 
 
 def features(model: torch.nn.Module, images: ImageSet, batch: int = 500) -> np.ndarray:
@@ -72,8 +73,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seeds", default="0,1", help="random initialisations to compare with, e.g. 0,1")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="config keys, e.g. backbone.width=32 or data.n_train=1000")
+    p.add_argument("--plugin", action="append", default=[], metavar="FILE.py",
+                   help="import a file that registers components, e.g. a pretraining recipe")
     args = p.parse_args(argv)
     try:
+        for plugin in args.plugin:
+            load_plugin(plugin)
         seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
         cfg = resolve([{"dataset": args.dataset}, parse_set(args.set)])
         for name, seed, acc in run(cfg, args.weights, seeds or [0]):

@@ -131,3 +131,5 @@ def test_linear_probe_separates_informative_from_uninformative_features(capsys):
     assert "random init (seed 0):" in capsys.readouterr().out
     assert main([*args, "--weights", "/nonexistent.pt"]) == 2
     assert "does not exist" in capsys.readouterr().err
+    assert main([*args, "--plugin", "/nonexistent.py"]) == 2
+    assert "Plugin file '/nonexistent.py' does not exist" in capsys.readouterr().err

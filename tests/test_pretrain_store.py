@@ -197,6 +197,10 @@ def test_prebuild_builds_each_file_once_and_skips_what_it_cannot_size(fake_recip
     cfgs.append(tiny(tmp_path, backbone=dict(BACKBONE), image_size=None))
     cfgs.append(tiny(tmp_path))
     assert len(prebuild(cfgs, log=lambda _: None)) == 1 and len(calls) == 1
+    clash = tiny(tmp_path, backbone={**BACKBONE, "width": 8, "weights": "w.pt"}, image_size=32)
+    with pytest.raises(SSLZooError, match="both name the weights"):
+        prebuild([tiny(tmp_path, backbone={**BACKBONE, "width": 8}, image_size=32), clash])
+    assert len(calls) == 1                                   # the conflict stopped it before any build
 
 
 def test_a_run_starts_from_the_recipe_and_its_config_names_it(fake_recipe, tiny, tmp_path):

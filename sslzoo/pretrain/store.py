@@ -143,19 +143,27 @@ def _readable(path: Path) -> bool:
     return isinstance(ckpt, dict) and ckpt.get("pretrained", {}).get("format") == FORMAT
 
 
+def recipe_name(backbone_cfg: dict[str, Any]) -> str | None:
+    """The recipe ``backbone.pretrained`` names, or None; an error when ``weights`` is given as well."""
+    name = backbone_cfg.get("pretrained")
+    if not name or str(name).lower() not in PRETRAINED:
+        return None
+    if backbone_cfg.get("weights"):
+        raise SSLZooError(f"backbone.pretrained={name} and backbone.weights={backbone_cfg['weights']} both "
+                          f"name the weights to start from; keep one of them (a suite that sets "
+                          f"backbone.pretrained, such as the default one, takes --set backbone.pretrained=null).")
+    return str(name)
+
+
 def resolve_pretrained(backbone_cfg: dict[str, Any], image_size: int) -> dict[str, Any]:
     """``backbone_cfg`` with a recipe name in ``pretrained`` replaced by ``weights=<its cached file>``.
 
     Other values of ``pretrained`` (resnet18's ``imagenet``) are the backbone's own business.
     """
-    name = backbone_cfg.get("pretrained")
-    if not name or str(name).lower() not in PRETRAINED:
+    name = recipe_name(backbone_cfg)
+    if name is None:
         return backbone_cfg
-    if backbone_cfg.get("weights"):
-        raise SSLZooError(f"backbone.pretrained={name} and backbone.weights={backbone_cfg['weights']} both "
-                          f"name the weights to start from; keep one of them (a suite that sets "
-                          f"backbone.pretrained, such as the default one, takes --set backbone.pretrained=null).")
-    path = pretrained_weights(str(name), backbone_cfg, image_size)
+    path = pretrained_weights(name, backbone_cfg, image_size)
     return {**{k: v for k, v in backbone_cfg.items() if k != "pretrained"}, "weights": str(path)}
 
 
@@ -165,13 +173,13 @@ def prebuild(configs: Iterable[dict[str, Any]], log: Callable[[str], None] = say
     Configs without a recipe in ``backbone.pretrained``, or without an explicit ``image_size``
     (the data set decides it, known only once loaded), are left to their runs.
     """
+    configs = list(configs)
+    names = [recipe_name(cfg.get("backbone") or {}) for cfg in configs]   # every conflict before any build
     paths: list[Path] = []
-    for cfg in configs:
-        backbone = cfg.get("backbone") or {}
-        name = backbone.get("pretrained")
-        if not name or str(name).lower() not in PRETRAINED or not cfg.get("image_size"):
+    for cfg, name in zip(configs, names):
+        if name is None or not cfg.get("image_size"):
             continue
-        path = pretrained_weights(str(name), backbone, int(cfg["image_size"]), log)
+        path = pretrained_weights(name, cfg["backbone"], int(cfg["image_size"]), log)
         if path not in paths:
             paths.append(path)
     return paths

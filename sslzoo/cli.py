@@ -161,13 +161,13 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     """Build (or find) a recipe's pretrained backbone for the config's backbone and image size."""
     from .config import resolve
     from .data.prepare import load_bundle
-    from .pretrain.store import pretrained_weights, weights_path
+    from .pretrain.store import is_built, pretrained_weights, weights_path
     from .registry import PRETRAINED
     cfg = resolve(config_layers(args))
     recipe, name = PRETRAINED.get(args.name), args.name.lower()
     size = cfg["image_size"] or load_bundle(cfg["dataset"], cfg["data_root"], None, cfg["data"]).image_size
     backbone = {k: v for k, v in cfg["backbone"].items() if k not in ("weights", "pretrained")}
-    cached = weights_path(name, backbone, size).is_file()
+    cached = is_built(weights_path(name, backbone, size))
     path = pretrained_weights(name, backbone, size)
     print(f"{name} ({recipe.description}) for backbone '{backbone['name']}' at {size} px: "
           f"{path}{' (already cached)' if cached else ''}\n"

@@ -28,12 +28,12 @@ def build_backbone(cfg: dict[str, Any], num_classes: int, image_size: int) -> nn
     suite whose rows mix backbones (paper/table4). Those keys must not stop a run that switches
     backbone, but a typo (``widht``) must not pass unnoticed either.
     """
-    from ..pretrain import resolve_pretrained   # here: sslzoo.pretrain builds backbones itself
+    from ..pretrain.store import recipe_name, resolve_pretrained   # here: sslzoo.pretrain builds backbones
     name = cfg["name"]
     factory = BACKBONES.get(name)
     accepted = accepted_options(factory)
-    recipe = cfg.get("pretrained")
-    if recipe and str(recipe).lower() in PRETRAINED and accepted is not None and "weights" not in accepted:
+    recipe = recipe_name(cfg)
+    if recipe is not None and accepted is not None and "weights" not in accepted:
         raise SSLZooError(f"backbone '{name}' takes no weights file, so backbone.pretrained={recipe} cannot "
                           f"start it from pretrained weights (it takes: {', '.join(sorted(accepted))}).")
     resolved = resolve_pretrained(cfg, image_size)     # a recipe name -> weights=<its cached file>

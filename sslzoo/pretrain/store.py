@@ -97,11 +97,11 @@ def pretrained_weights(name: str, backbone_cfg: dict[str, Any], image_size: int,
     """The weights file of recipe ``name`` for this backbone, training it first if it is not cached."""
     device = build_device()
     path = weights_path(name, backbone_cfg, image_size, device.type)
-    if _readable(path):
+    if is_built(path):
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(path.with_suffix(".lock")):
-        if _readable(path):                       # another process built it while we waited
+        if is_built(path):                       # another process built it while we waited
             return path
         recipe = PRETRAINED.get(name)
         log(f"pretraining backbone '{backbone_cfg.get('name')}' with '{name}' ({recipe.description}); "
@@ -132,7 +132,7 @@ def train_recipe(name: str, recipe: PretrainRecipe, backbone_cfg: dict[str, Any]
     return {k: v.detach().cpu() for k, v in model.state_dict().items() if not k.startswith("head.")}
 
 
-def _readable(path: Path) -> bool:
+def is_built(path: Path) -> bool:
     """A finished weights file (atomic writes leave no half files; a foreign or broken one is rebuilt)."""
     if not path.is_file():
         return False
@@ -179,7 +179,6 @@ def prebuild(configs: Iterable[dict[str, Any]], log: Callable[[str], None] = say
     for cfg, name in zip(configs, names):
         if name is None or not cfg.get("image_size"):
             continue
-        path = pretrained_weights(name, cfg["backbone"], int(cfg["image_size"]), log)
-        if path not in paths:
-            paths.append(path)
+        if weights_path(name, cfg["backbone"], int(cfg["image_size"])) not in paths:   # read each file once
+            paths.append(pretrained_weights(name, cfg["backbone"], int(cfg["image_size"]), log))
     return paths

@@ -34,18 +34,23 @@ def _inverse_or_zero(x: Tensor) -> Tensor:
 
 
 def fairness_loss(logits_strong: Tensor, selected: Tensor, class_mean: Tensor, label_hist: Tensor) -> Tensor:
-    """SAF, Eq. (9): -H(SumNorm(p~/h~), SumNorm(p_bar/h_bar)) over the selected strong-view predictions."""
-    if not bool(selected.any()):
-        return logits_strong.sum() * 0.0
-    probs = torch.softmax(logits_strong[selected].float(), dim=-1)
+    """SAF, Eq. (9): -H(SumNorm(p~/h~), SumNorm(p_bar/h_bar)) over the selected strong-view predictions.
+
+    The selection is a 0/1 weight (no boolean indexing: no host sync); with nothing selected
+    the term is exactly 0 and still carries a (zero) gradient.
+    """
+    sel = selected.float()
+    n = sel.sum()
+    probs = torch.softmax(logits_strong.float(), dim=-1)
     num_classes = probs.shape[-1]
-    hist = torch.bincount(probs.argmax(dim=-1), minlength=num_classes).float()
-    hist = hist / hist.sum()
+    hist = torch.zeros(num_classes, device=probs.device).index_add_(0, probs.argmax(dim=-1), sel)
+    hist = hist / n.clamp_min(1.0)
     target = class_mean.float() * _inverse_or_zero(label_hist.float())
     target = target / target.sum()
-    mean = probs.mean(dim=0) * _inverse_or_zero(hist)
-    mean = mean / mean.sum()
-    return (target.detach() * torch.log(mean + 1e-12)).sum()
+    mean = (probs * sel[:, None]).sum(dim=0) / n.clamp_min(1.0) * _inverse_or_zero(hist)
+    mean = mean / mean.sum().clamp_min(1e-12)
+    loss = (target.detach() * torch.log(mean + 1e-12)).sum()
+    return torch.where(n > 0, loss, logits_strong.sum() * 0.0)
 
 
 @register_algorithm("freematch")
@@ -56,8 +61,9 @@ class FreeMatch(FixMatch):
     default_policy = "freematch"
 
     def __init__(self, num_classes: int, policy=None, lambda_u: float = 1.0, lambda_f: float = 0.01,
-                 temperature: float = 1.0, unsup_norm: str = "batch"):
-        super().__init__(num_classes, policy, lambda_u=lambda_u, temperature=temperature, unsup_norm=unsup_norm)
+                 temperature: float = 1.0, unsup_norm: str = "batch", use_hard_label: bool = True):
+        super().__init__(num_classes, policy, lambda_u=lambda_u, temperature=temperature, unsup_norm=unsup_norm,
+                         use_hard_label=use_hard_label)
         self.lambda_f = lambda_f
         if lambda_f and policy is not None and not isinstance(policy, FreeMatchThreshold):
             raise SSLZooError(f"FreeMatch's fairness term reads the 'freematch' policy's EMAs, but the policy is "

@@ -79,15 +79,16 @@ class DistributionAlignment:
 
     @torch.no_grad()
     def push(self, batch_mean: Tensor) -> None:
-        slot = int(self.count.item()) % self.window
-        self.history[slot] = batch_mean.to(self.history)
+        slot = (self.count % self.window).view(1)          # a device index: no host read
+        self.history.index_copy_(0, slot, batch_mean.to(self.history)[None])
         self.count += 1
 
     def p_model(self) -> Tensor:
-        filled = int(min(self.count.item(), self.window))
-        if filled == 0:
-            return torch.full_like(self.p_target, 1.0 / self.num_classes)
-        return self.history[:filled].mean(dim=0)
+        """Mean of the filled rows of the ring buffer; 1/C before the first push."""
+        filled = self.count.clamp(max=self.window)
+        rows = (torch.arange(self.window, device=self.history.device) < filled).to(self.history)
+        mean = (self.history * rows[:, None]).sum(dim=0) / filled.clamp_min(1).to(self.history)
+        return torch.where(filled > 0, mean, torch.full_like(mean, 1.0 / self.num_classes))
 
     @torch.no_grad()
     def __call__(self, probs: Tensor, batch_mean: Tensor | None = None) -> Tensor:
@@ -111,15 +112,16 @@ class DistributionAlignment:
 
 
 def rotate_batch(x: Tensor, quarter_turns: Tensor) -> Tensor:
-    """Rotate each [C, H, W] image by quarter_turns[i] * 90 degrees (square images)."""
+    """Rotate each [C, H, W] image by quarter_turns[i] * 90 degrees (square images).
+
+    Four whole-batch rotations selected per image (no indexing by a device mask: no host sync).
+    """
     if x.shape[-1] != x.shape[-2]:
         raise ValueError(f"rotation self-supervision needs square images; got {tuple(x.shape[-2:])}")
-    out = x.clone()
-    turns = quarter_turns.to(x.device)
+    turns = quarter_turns.to(x.device).view(-1, *([1] * (x.dim() - 1)))
+    out = x
     for k in range(1, 4):   # four angles, not a loop over samples
-        idx = (turns == k).nonzero(as_tuple=True)[0]
-        if idx.numel():
-            out[idx] = torch.rot90(x[idx], k, dims=(-2, -1))
+        out = torch.where(turns == k, torch.rot90(x, k, dims=(-2, -1)), out)
     return out
 
 
@@ -216,7 +218,7 @@ class ReMixMatch(SSLAlgorithm):
         extra = [strong[0]]
         use_rot = self.lambda_rot > 0
         if use_rot:
-            turns = torch.randint(0, 4, (n_u,))
+            turns = torch.randint(0, 4, (n_u,), device=weak.device)
             extra.append(rotate_batch(strong[0], turns))
         logits, _, extra_out = mixed_forward(model, mixed_x, n_l, ctx.forward_mode, extra)
         ramp = self.unsup_ramp(ctx)

@@ -4,7 +4,7 @@
 """
 import torch
 
-from sslzoo.algorithm import PolicyInput, StepContext, ThresholdPolicy
+from sslzoo.policy import PolicyInput, StepContext, ThresholdPolicy
 from sslzoo.registry import register_policy
 
 

@@ -5,18 +5,24 @@ much) + an unlabeled loss. The trainer builds batches with the views an
 algorithm declares, runs the forward pass, sums the named loss terms the
 algorithm returns and logs its statistics. It never knows an algorithm by name;
 an algorithm never touches devices, files or logging.
+
+Sync-free by contract: inside ``step``/``losses`` nothing reads a device tensor on
+the host (no ``.item()``, ``bool(t)``, ``float(t)``, ``.tolist()``, ``.cpu()``, boolean-mask
+indexing or ``nonzero``): losses and statistics stay on the device and the trainer reads
+them once per logging interval. A statistic that is undefined at a step (no trusted
+sample for ``pseudo_label_acc``) is NaN and is left out of its mean.
 """
 from __future__ import annotations
 
-import inspect
 from dataclasses import dataclass, field
-from typing import Any, Callable, ClassVar, Sequence
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .distributed import DistContext
+from .policy import (EpochContext, PolicyInput, StepContext, ThresholdPolicy,  # noqa: F401 - re-exported
+                     _kwargs_with_defaults, policy_hyperparameters)
 
 
 @dataclass
@@ -28,6 +34,7 @@ class Batch:
     u_views: list[Tensor]           # one [B_u, 3, H, W] tensor per declared unlabeled view
     u_index: Tensor                 # [B_u] positions in the unlabeled pool (per-sample policy memories)
     u_true: Tensor                  # [B_u] ground truth where known, else -1: statistics only, never a loss
+    l_index: Tensor | None = None   # [B] positions in the labeled set (labeled memory banks)
 
     @property
     def num_labeled(self) -> int:
@@ -45,119 +52,11 @@ class ForwardOutput:
 
 
 @dataclass
-class StepContext:
-    """Where training is, plus the capabilities an algorithm may ask for."""
-
-    epoch: int                       # 0-based epoch index
-    iteration: int                   # 0-based iteration within the epoch
-    step: int                        # 0-based global step
-    total_steps: int
-    iters_per_epoch: int
-    num_classes: int
-    dist: DistContext = field(default_factory=DistContext)
-    model: nn.Module | None = None   # the trained model (maybe DDP-wrapped), for algorithms with own forwards
-    ema_model: nn.Module | None = None  # the EMA teacher (MeanTeacher), evaluation model
-    forward_mode: str = "concat"     # "concat": one pass over all inputs; "separate": one pass per input
-
-    @property
-    def progress(self) -> float:
-        """Fraction of training done, in [0, 1] (ramp-ups, TSA schedules)."""
-        return min(1.0, self.step / max(1, self.total_steps))
-
-
-@dataclass
-class EpochContext:
-    """Handed to policies at epoch boundaries."""
-
-    epoch: int                       # 0-based index of the epoch about to start
-    epochs: int
-    num_classes: int
-    dist: DistContext
-    # Predictions of the evaluation model over the WHOLE labeled set (all ranks), computed lazily:
-    # labeled_predictions(view) -> (probs [N, C], targets [N]); view is "weak" or "plain".
-    labeled_predictions: Callable[[str], tuple[Tensor, Tensor]] | None = None
-    # Labels of the whole labeled set [N_l] (every rank), for class priors without a prediction pass.
-    labeled_targets: Tensor | None = None
-
-
-@dataclass
-class PolicyInput:
-    """What a threshold policy sees at each step (all detached)."""
-
-    probs: Tensor                     # [B_u, C] pseudo-label distribution
-    index: Tensor | None = None       # [B_u] unlabeled pool positions
-    labeled_loss: Tensor | None = None  # [B_l] per-sample supervised cross-entropy (Dash's rho_hat)
-
-
-@dataclass
 class StepOutput:
     """Named, already-weighted loss terms (summed by the trainer) and statistics to log."""
 
     losses: dict[str, Tensor]
     stats: dict[str, float | Tensor] = field(default_factory=dict)
-
-
-class ThresholdPolicy:
-    """Which unlabeled samples are trusted, with what weight in [0, 1].
-
-    Subclasses implement ``weights``; stateful ones also ``update`` (per step),
-    ``on_epoch_start`` (per epoch) and keep every counter/EMA in tensors listed by
-    ``state_dict`` so that resuming restores them exactly.
-    """
-
-    name: ClassVar[str] = "policy"
-    spec_arg: ClassVar[str | None] = None   # parameter filled by "name:value" specs, e.g. fixed:0.95
-    # True: the step's own batch enters the statistics before it is weighted (FreeMatch's and
-    # SoftMatch's EMAs include batch t); False: weigh with the state so far, then update (FlexMatch).
-    update_first: ClassVar[bool] = False
-
-    def setup(self, num_classes: int, num_unlabeled: int) -> None:
-        """Called once before training with the label space and unlabeled pool size."""
-        self.num_classes = num_classes
-        self.num_unlabeled = num_unlabeled
-
-    def weights(self, inp: PolicyInput, ctx: StepContext) -> Tensor:
-        raise NotImplementedError
-
-    def update(self, inp: PolicyInput, ctx: StepContext) -> None:
-        """Per-step state update, after ``weights`` (or before it when ``update_first``)."""
-
-    def on_epoch_start(self, ctx: EpochContext) -> None:
-        """Per-epoch update (Ada-CM re-estimates its margin here)."""
-
-    def thresholds(self) -> Tensor | None:
-        """Per-class thresholds currently in force, for logging (None if not per class)."""
-        return None
-
-    def extra_stats(self) -> dict[str, float]:
-        """Scalars worth following per epoch (FreeMatch's tau, Dash's rho): metrics.json's
-        ``policy_stats`` and TensorBoard's ``policy/<name>``. Prefix names with the policy's."""
-        return {}
-
-    def state_dict(self) -> dict[str, Any]:
-        return {k: v for k, v in vars(self).items() if isinstance(v, Tensor)}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        for key, value in state.items():
-            current = getattr(self, key, None)
-            if isinstance(current, Tensor) and isinstance(value, Tensor):
-                value = value.to(current.device, current.dtype)
-            setattr(self, key, value)
-
-    def to(self, device: torch.device) -> "ThresholdPolicy":
-        for key, value in vars(self).items():
-            if isinstance(value, Tensor):
-                setattr(self, key, value.to(device))
-        return self
-
-    def __call__(self, inp: PolicyInput, ctx: StepContext) -> Tensor:
-        """Weights for this batch and the policy's own state update, in the order it declares."""
-        if self.update_first:
-            self.update(inp, ctx)
-            return self.weights(inp, ctx)
-        w = self.weights(inp, ctx)
-        self.update(inp, ctx)
-        return w
 
 
 class SSLAlgorithm:
@@ -196,7 +95,8 @@ class SSLAlgorithm:
         if self.policy is not None:
             self.policy.on_epoch_start(ctx)
 
-    def setup(self, num_unlabeled: int, device: torch.device) -> None:
+    def setup(self, num_unlabeled: int, device: torch.device, num_labeled: int = 0) -> None:
+        """Called once before training with the pool sizes (memory banks are sized here)."""
         if self.policy is not None:
             self.policy.setup(self.num_classes, num_unlabeled)
             self.policy.to(device)
@@ -214,17 +114,6 @@ class SSLAlgorithm:
     def hyperparameters(cls) -> dict[str, Any]:
         """Constructor keyword arguments and their defaults: the config section's schema."""
         return _kwargs_with_defaults(cls, skip=("num_classes", "policy"))
-
-
-def _kwargs_with_defaults(cls: type, skip: Sequence[str] = ()) -> dict[str, Any]:
-    params = inspect.signature(cls.__init__).parameters
-    return {n: p.default for n, p in params.items()
-            if n != "self" and n not in skip and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
-            and p.default is not inspect.Parameter.empty}
-
-
-def policy_hyperparameters(cls: type) -> dict[str, Any]:
-    return _kwargs_with_defaults(cls)
 
 
 # -- helpers shared by algorithms ------------------------------------------------
@@ -273,10 +162,11 @@ def masked_ce(logits: Tensor, targets: Tensor, weights: Tensor, normalize: str =
 
 
 def pseudo_label_stats(weights: Tensor, pseudo: Tensor, truth: Tensor) -> dict[str, Tensor]:
-    """Mask ratio and the accuracy of trusted pseudo-labels where ground truth is known."""
-    known = truth >= 0
-    trusted = (weights > 0) & known
-    stats: dict[str, Tensor] = {"mask_ratio": weights.float().mean()}
-    if bool(trusted.any()):
-        stats["pseudo_label_acc"] = (pseudo[trusted] == truth[trusted]).float().mean() * 100.0
-    return stats
+    """Mask ratio and the accuracy (%) of trusted pseudo-labels where ground truth is known.
+
+    The accuracy is NaN at a step with no trusted sample of known truth (left out of the
+    epoch's mean), computed without a host read.
+    """
+    trusted = ((weights > 0) & (truth >= 0)).float()
+    correct = (pseudo == truth).float() * trusted
+    return {"mask_ratio": weights.float().mean(), "pseudo_label_acc": correct.sum() / trusted.sum() * 100.0}

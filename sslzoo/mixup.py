@@ -13,8 +13,9 @@ a mixed batch stay "the labeled part". ``per_sample=True`` draws one lambda per 
 Batch norm: ``frozen_bn_stats`` runs a forward pass that normalizes with the batch's
 own statistics but leaves the running statistics untouched (USB's ``bn_controller``);
 it is how label-guessing passes and extra passes avoid biasing the evaluation statistics.
-Random draws use torch's CPU generator (seeded by the trainer and saved in checkpoints),
-so runs are reproducible and resumable on any device.
+Random draws (lambda, the permutation) come from the generator of the batch's own device
+(seeded by the trainer and saved in checkpoints), so runs are reproducible and resumable,
+and a CUDA step never waits for a host-side draw to be copied in.
 """
 from __future__ import annotations
 
@@ -33,14 +34,15 @@ def sharpen(p: Tensor, temperature: float) -> Tensor:
     return torch.softmax(logp / temperature, dim=-1)
 
 
-def sample_lambda(n: int, alpha: float, per_sample: bool = True) -> Tensor:
+def sample_lambda(n: int, alpha: float, per_sample: bool = True, device: torch.device | None = None) -> Tensor:
     """lambda' = max(lambda, 1 - lambda), lambda ~ Beta(alpha, alpha): [n] values (all equal if not per sample).
 
-    alpha <= 0 disables mixing (lambda' = 1).
+    alpha <= 0 disables mixing (lambda' = 1). Drawn on ``device`` (default: the CPU).
     """
     if alpha <= 0:
-        return torch.ones(n)
-    beta = torch.distributions.Beta(torch.tensor(float(alpha)), torch.tensor(float(alpha)))
+        return torch.ones(n, device=device)
+    a = torch.tensor(float(alpha), device=device)
+    beta = torch.distributions.Beta(a, a)
     lam = beta.sample((n,) if per_sample else (1,))
     lam = torch.maximum(lam, 1.0 - lam)
     return lam if per_sample else lam.expand(n).clone()
@@ -58,8 +60,8 @@ def mix(x: Tensor, y: Tensor, lam: Tensor, perm: Tensor) -> tuple[Tensor, Tensor
 def mixup(x: Tensor, y: Tensor, alpha: float, per_sample: bool = True) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """MixUp of a batch with a shuffled copy of itself; returns (x', y', lambda' [N], perm [N])."""
     n = x.shape[0]
-    lam = sample_lambda(n, alpha, per_sample)
-    perm = torch.randperm(n)
+    lam = sample_lambda(n, alpha, per_sample, x.device)
+    perm = torch.randperm(n, device=x.device)
     mixed_x, mixed_y = mix(x, y, lam, perm)
     return mixed_x, mixed_y, lam, perm
 

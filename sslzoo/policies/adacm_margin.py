@@ -21,7 +21,7 @@ import math
 import torch
 from torch import Tensor
 
-from ..algorithm import EpochContext, PolicyInput, StepContext, ThresholdPolicy
+from ..policy import EpochContext, PolicyInput, StepContext, ThresholdPolicy
 from ..registry import register_policy
 
 

@@ -35,7 +35,7 @@ import math
 import torch
 from torch import Tensor
 
-from ..algorithm import PolicyInput, StepContext, ThresholdPolicy
+from ..policy import PolicyInput, StepContext, ThresholdPolicy
 from ..registry import register_policy
 
 
@@ -84,20 +84,29 @@ class DashThreshold(ThresholdPolicy):
 
     @property
     def rho_hat(self) -> float:
-        return float(self.loss_sum / self.loss_count) if float(self.loss_count) > 0 else float("nan")
+        """rho_hat as a number, for logging and tests (a host read: never called inside a step)."""
+        return float(self.rho_hat_tensor())
+
+    def rho_hat_tensor(self) -> Tensor:
+        """The mean warm-up labeled loss, on the state's device (NaN before any warm-up step)."""
+        return self.loss_sum / self.loss_count
+
+    def rho_tensor(self, step: int, total_steps: int) -> Tensor:
+        """rho_t as a device tensor (NaN during warm-up): the schedule without a host read."""
+        t = self.stage(step, total_steps)
+        if t == 0:
+            return torch.full((), float("nan"), dtype=self.loss_sum.dtype, device=self.loss_sum.device)
+        return (self.C * self.gamma ** -(t - 1) * self.rho_hat_tensor()).clamp_min(self.rho_min)
 
     def rho_at(self, step: int, total_steps: int) -> float:
-        t = self.stage(step, total_steps)
-        return float("nan") if t == 0 else dash_rho(t, self.rho_hat, self.C, self.gamma, self.rho_min)
+        return float(self.rho_tensor(step, total_steps))
 
     # -- policy -------------------------------------------------------------------------
     def weights(self, inp: PolicyInput, ctx: StepContext) -> Tensor:
         if self.stage(ctx.step, ctx.total_steps) == 0:
             return inp.probs.new_zeros(inp.probs.shape[0])
-        if not float(self.loss_count) > 0:
-            raise ValueError("Dash reached the end of its warm-up without a labeled loss; the algorithm "
-                             "must pass PolicyInput.labeled_loss.")
-        return (self_loss(inp.probs) <= self.rho_at(ctx.step, ctx.total_steps)).float()
+        rho = self.rho_tensor(ctx.step, ctx.total_steps).to(inp.probs.device, inp.probs.dtype)
+        return (self_loss(inp.probs) <= rho).float()
 
     def update(self, inp: PolicyInput, ctx: StepContext) -> None:
         if self.stage(ctx.step, ctx.total_steps) == 0:
@@ -108,9 +117,9 @@ class DashThreshold(ThresholdPolicy):
             total = ctx.dist.all_reduce(torch.stack([loss.sum(), loss.new_tensor(float(loss.numel()))]))
             self.loss_sum = self.loss_sum + total[0].to(self.loss_sum.device)
             self.loss_count = self.loss_count + total[1].to(self.loss_count.device)
-            self.rho = torch.tensor(float("nan"))
+            self.rho = torch.full((), float("nan"), device=self.loss_sum.device)
         else:
-            self.rho = torch.tensor(self.rho_at(ctx.step, ctx.total_steps))
+            self.rho = self.rho_tensor(ctx.step, ctx.total_steps).float()
 
     def extra_stats(self) -> dict[str, float]:
         stats = {"dash_rho": float(self.rho), "dash_rho_hat": self.rho_hat}

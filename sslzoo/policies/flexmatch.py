@@ -29,7 +29,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..algorithm import PolicyInput, StepContext, ThresholdPolicy
+from ..policy import PolicyInput, StepContext, ThresholdPolicy
 from ..registry import register_policy
 
 MAPPINGS = ("convex", "linear")
@@ -86,8 +86,11 @@ class FlexMatchThreshold(ThresholdPolicy):
         conf, pred = inp.probs.max(dim=-1)
         record = torch.where(conf >= self.threshold, pred, torch.full_like(pred, -1))   # -1: not confident
         index, record = (ctx.dist.gather(t.long()).to(self.memory.device) for t in (inp.index, record))
-        confident = record >= 0
-        self.memory[index[confident]] = record[confident]
+        # Unconfident samples write to a spare slot past the end (no boolean indexing: no host sync).
+        n = self.memory.numel()
+        spill = torch.cat([self.memory, self.memory.new_full((1,), -1)])
+        spill[torch.where(record >= 0, index, torch.full_like(index, n))] = record
+        self.memory = spill[:n]
 
     def thresholds(self) -> Tensor | None:
         return self.class_thresholds()

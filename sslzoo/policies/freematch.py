@@ -25,7 +25,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..algorithm import PolicyInput, StepContext, ThresholdPolicy
+from ..policy import PolicyInput, StepContext, ThresholdPolicy
 from ..registry import register_policy
 
 

@@ -31,7 +31,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..algorithm import PolicyInput, StepContext, ThresholdPolicy
+from ..policy import PolicyInput, StepContext, ThresholdPolicy
 from ..registry import register_policy
 
 

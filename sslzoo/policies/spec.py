@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..algorithm import ThresholdPolicy, policy_hyperparameters
+from ..policy import ThresholdPolicy, policy_hyperparameters
 from ..errors import SSLZooError
 from ..registry import POLICIES
 

@@ -167,8 +167,8 @@ class ReMixMatch(SSLAlgorithm):
     def extra_modules(self) -> nn.ModuleDict:
         return self._modules_dict
 
-    def setup(self, num_unlabeled: int, device: torch.device) -> None:
-        super().setup(num_unlabeled, device)
+    def setup(self, num_unlabeled: int, device: torch.device, num_labeled: int = 0) -> None:
+        super().setup(num_unlabeled, device, num_labeled)
         self.da.to(device)
 
     def on_epoch_start(self, ctx: EpochContext) -> None:

@@ -227,7 +227,7 @@ class Trainer:
         if cfg["compile"] and cuda:   # CPU runs never compile (slow start, little gain at this scale)
             self.train_model = torch.compile(self.train_model)
         unlabeled = self.data.unlabeled if self.algorithm.unlabeled_views else None
-        self.algorithm.setup(len(self.data.unlabeled), self.device)
+        self.algorithm.setup(len(self.data.unlabeled), self.device, num_labeled=len(self.data.labeled))
         plan = BatchPlan(cfg["batch_size"], cfg["mu"], cfg["iters_per_epoch"], self.dist.world_size, self.dist.rank)
         self.batches = StepBatches(self.data.labeled, unlabeled, plan, cfg["seed"], self.algorithm.labeled_view,
                                    self.algorithm.unlabeled_views, self.views)
@@ -260,7 +260,7 @@ class Trainer:
         d = self.device
         return Batch(self._prepare(raw["x_l"]), raw["y_l"].to(d, non_blocking=True),
                      [self._prepare(v) for v in raw["u_views"]], raw["u_index"].to(d, non_blocking=True),
-                     raw["u_true"].to(d, non_blocking=True))
+                     raw["u_true"].to(d, non_blocking=True), raw["l_index"].to(d, non_blocking=True))
 
     # -- evaluation -------------------------------------------------------------------
     def _autocast(self):

@@ -95,6 +95,7 @@ class StepBatches(Dataset):
         out: dict[str, Any] = {
             "x_l": self.views.batch(self.labeled_view, gather_images(self.labeled.images, li)),
             "y_l": torch.from_numpy(self.labeled.labels[li]),
+            "l_index": torch.from_numpy(li.astype(np.int64)),
             "u_views": [], "u_index": torch.zeros(0, dtype=torch.long), "u_true": torch.zeros(0, dtype=torch.long),
         }
         if self.unlabeled_views and self.unlabeled is not None:

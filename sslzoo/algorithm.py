@@ -35,6 +35,7 @@ class Batch:
     u_index: Tensor                 # [B_u] positions in the unlabeled pool (per-sample policy memories)
     u_true: Tensor                  # [B_u] ground truth where known, else -1: statistics only, never a loss
     l_index: Tensor | None = None   # [B] positions in the labeled set (labeled memory banks)
+    l_views: list[Tensor] = field(default_factory=list)   # one [B, 3, H, W] per ``extra_labeled_views``
 
     @property
     def num_labeled(self) -> int:
@@ -68,6 +69,7 @@ class SSLAlgorithm:
 
     name: ClassVar[str] = "algorithm"
     labeled_view: ClassVar[str] = "weak"
+    extra_labeled_views: ClassVar[tuple[str, ...]] = ()   # more views of the same labeled images (DeFixMatch)
     unlabeled_views: ClassVar[tuple[str, ...]] = ()
     default_policy: ClassVar[str | None] = None   # None: the algorithm takes no policy
     uses_policy: ClassVar[bool] = False

@@ -230,7 +230,8 @@ class Trainer:
         self.algorithm.setup(len(self.data.unlabeled), self.device, num_labeled=len(self.data.labeled))
         plan = BatchPlan(cfg["batch_size"], cfg["mu"], cfg["iters_per_epoch"], self.dist.world_size, self.dist.rank)
         self.batches = StepBatches(self.data.labeled, unlabeled, plan, cfg["seed"], self.algorithm.labeled_view,
-                                   self.algorithm.unlabeled_views, self.views)
+                                   self.algorithm.unlabeled_views, self.views,
+                                   self.algorithm.extra_labeled_views)
 
     def _amp_dtype(self) -> torch.dtype | None:
         """Autocast dtype: None on CPU or when off; bf16 where the GPU has it (auto), else fp16 + GradScaler."""
@@ -260,7 +261,8 @@ class Trainer:
         d = self.device
         return Batch(self._prepare(raw["x_l"]), raw["y_l"].to(d, non_blocking=True),
                      [self._prepare(v) for v in raw["u_views"]], raw["u_index"].to(d, non_blocking=True),
-                     raw["u_true"].to(d, non_blocking=True), raw["l_index"].to(d, non_blocking=True))
+                     raw["u_true"].to(d, non_blocking=True), raw["l_index"].to(d, non_blocking=True),
+                     [self._prepare(v) for v in raw["l_views"]])
 
     # -- evaluation -------------------------------------------------------------------
     def _autocast(self):

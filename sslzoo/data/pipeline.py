@@ -66,9 +66,11 @@ class StepBatches(Dataset):
     """``dataset[step]`` is the whole uint8 batch of that global step for this rank."""
 
     def __init__(self, labeled: ImageSet, unlabeled: ImageSet | None, plan: BatchPlan, seed: int,
-                 labeled_view: str, unlabeled_views: tuple[str, ...], views: Views):
+                 labeled_view: str, unlabeled_views: tuple[str, ...], views: Views,
+                 extra_labeled_views: tuple[str, ...] = ()):
         self.labeled, self.unlabeled, self.plan, self.seed = labeled, unlabeled, plan, seed
         self.labeled_view, self.unlabeled_views, self.views = labeled_view, unlabeled_views, views
+        self.extra_labeled_views = extra_labeled_views
         self._cache: dict[tuple[int, int], np.ndarray] = {}
 
     def __len__(self) -> int:  # steps are addressed directly; the sampler decides which
@@ -92,8 +94,9 @@ class StepBatches(Dataset):
     def _build(self, step: int) -> dict[str, Any]:
         p = self.plan
         li = self._indices(LABELED_STREAM, len(self.labeled), p.batch_size, step)
+        labeled = gather_images(self.labeled.images, li)
         out: dict[str, Any] = {
-            "x_l": self.views.batch(self.labeled_view, gather_images(self.labeled.images, li)),
+            "x_l": self.views.batch(self.labeled_view, labeled),
             "y_l": torch.from_numpy(self.labeled.labels[li]),
             "l_index": torch.from_numpy(li.astype(np.int64)),
             "u_views": [], "u_index": torch.zeros(0, dtype=torch.long), "u_true": torch.zeros(0, dtype=torch.long),
@@ -104,6 +107,7 @@ class StepBatches(Dataset):
             out["u_views"] = [self.views.batch(v, imgs) for v in self.unlabeled_views]
             out["u_index"] = torch.from_numpy(ui.astype(np.int64))
             out["u_true"] = torch.from_numpy(self.unlabeled.labels[ui])
+        out["l_views"] = [self.views.batch(v, labeled) for v in self.extra_labeled_views]   # drawn last
         return out
 
 

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from sslzoo.algorithm import (Batch, ForwardOutput, PolicyInput, SSLAlgorithm, StepContext, StepOutput,
-                              masked_ce, pseudo_label_stats, supervised_ce)
+                              labeled_probs, masked_ce, pseudo_label_stats, supervised_ce)
 from sslzoo.registry import register_algorithm
 
 
@@ -83,7 +83,7 @@ class AdaCM(SSLAlgorithm):
         (logits_a, logits_b, logits_s), (feats_a, feats_b, _) = out.u_logits, out.u_feats
         p = average_weak_predictions(logits_a, logits_b)                                   # Eq. (6)
         pseudo = p.argmax(dim=-1)
-        w = self.policy(PolicyInput(p, batch.u_index, sup_per_sample), ctx)               # subset I
+        w = self.policy(PolicyInput(p, batch.u_index, sup_per_sample, labeled_probs(out)), ctx)               # subset I
         unsup = masked_ce(logits_s, pseudo, w, self.unsup_norm)                            # Eq. (7)
         terms = {"sup": self.lambda_sup * sup, "unsup": self.lambda_u * unsup}
         if self.lambda_c:

@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from sslzoo.algorithm import (Batch, ForwardOutput, PolicyInput, SSLAlgorithm, StepContext, StepOutput,
-                              masked_ce, pseudo_label_stats, supervised_ce)
+                              labeled_probs, masked_ce, pseudo_label_stats, supervised_ce)
 from sslzoo.registry import register_algorithm
 
 
@@ -45,7 +45,7 @@ class FixMatch(SSLAlgorithm):
         logits_weak, logits_strong = out.u_logits
         q = torch.softmax(logits_weak.detach().float(), dim=-1)                 # unsharpened: the mask's input
         pseudo = q.argmax(dim=-1)
-        w = self.policy(PolicyInput(q, batch.u_index, sup_per_sample), ctx)
+        w = self.policy(PolicyInput(q, batch.u_index, sup_per_sample, labeled_probs(out)), ctx)
         targets = pseudo if self.use_hard_label else torch.softmax(logits_weak.detach().float() / self.temperature, -1)
         unsup = masked_ce(logits_strong, targets, w, self.unsup_norm)
         return {"sup": sup, "unsup": self.lambda_u * unsup}, w, pseudo

@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 
 from sslzoo.algorithm import (Batch, ForwardOutput, PolicyInput, SSLAlgorithm, StepContext, StepOutput,
-                              masked_ce, pseudo_label_stats, supervised_ce)
+                              labeled_probs, masked_ce, pseudo_label_stats, supervised_ce)
 from sslzoo.ramps import check_ramp, warmup_factor
 from sslzoo.registry import register_algorithm
 
@@ -53,7 +53,7 @@ class PseudoLabel(SSLAlgorithm):
         (logits_u,) = out.u_logits
         q = torch.softmax(logits_u.detach().float(), dim=-1)
         pseudo = q.argmax(dim=-1)
-        w = self.policy(PolicyInput(q, batch.u_index, sup_per_sample), ctx)
+        w = self.policy(PolicyInput(q, batch.u_index, sup_per_sample, labeled_probs(out)), ctx)
         unsup = masked_ce(logits_u, pseudo, w, self.unsup_norm)
         return StepOutput({"sup": sup, "unsup": self.unsup_weight(ctx) * unsup},
                           pseudo_label_stats(w, pseudo, batch.u_true))

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from sslzoo.algorithm import (Batch, ForwardOutput, PolicyInput, SSLAlgorithm, StepContext, StepOutput,
-                              pseudo_label_stats)
+                              labeled_probs, pseudo_label_stats)
 from sslzoo.registry import register_algorithm
 
 TSA_SCHEDULES = ("none", "linear", "log", "exp")
@@ -103,7 +103,7 @@ class UDA(SSLAlgorithm):
         logits_weak, logits_strong = out.u_logits
         p, q = self.targets(logits_weak)
         pseudo = p.argmax(dim=-1)
-        w = self.policy(PolicyInput(p, batch.u_index, sup_per_sample), ctx)
+        w = self.policy(PolicyInput(p, batch.u_index, sup_per_sample, labeled_probs(out)), ctx)
         unsup = soft_consistency(logits_strong, q, w, self.consistency)
         stats = pseudo_label_stats(w, pseudo, batch.u_true)
         if self.tsa_schedule != "none":

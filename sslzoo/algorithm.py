@@ -41,6 +41,11 @@ class Batch:
     def num_labeled(self) -> int:
         return int(self.x_l.shape[0])
 
+    @property
+    def num_images(self) -> int:
+        """Images in the step: the labeled batch, its extra views and every unlabeled view."""
+        return self.num_labeled * (1 + len(self.l_views)) + sum(int(v.shape[0]) for v in self.u_views)
+
 
 @dataclass
 class ForwardOutput:
@@ -137,6 +142,11 @@ def forward(model: nn.Module, batch: Batch, mode: str = "concat") -> ForwardOutp
     else:
         raise ValueError(f"forward_mode must be 'concat' or 'separate', got {mode!r}")
     return ForwardOutput(logits_parts[0], feat_parts[0], list(logits_parts[1:]), list(feat_parts[1:]))
+
+
+def labeled_probs(out: ForwardOutput) -> Tensor:
+    """Softmax of the labeled batch's logits, detached: what relative thresholds (AdaMatch) compare to."""
+    return torch.softmax(out.logits_l.detach().float(), dim=-1)
 
 
 def supervised_ce(logits: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:

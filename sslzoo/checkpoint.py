@@ -69,3 +69,29 @@ def load(path: str | Path) -> dict[str, Any]:
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise SSLZooError(f"'{path}' is not an sslzoo checkpoint (expected format '{FORMAT}').")
     return payload
+
+
+def training_state(*, step: int, config_hash: str, world_size: int, model: Any, ema: Any, optimizer: Any,
+                   scheduler: Any, scaler: Any, algorithm: Any, meter: dict[str, Any],
+                   history: list[dict[str, Any]]) -> dict[str, Any]:
+    """Everything a run needs to continue exactly from ``step`` (with the random generators' states)."""
+    return {
+        "step": step, "config_hash": config_hash, "world_size": world_size,
+        "model": model.state_dict(), "ema": ema.state_dict(),
+        "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+        "scaler": scaler.state_dict(), "algorithm": algorithm.state_dict(),
+        "rng": rng_state(), "meter": meter, "history": history,
+    }
+
+
+def restore_training_state(ckpt: dict[str, Any], *, model: Any, ema: Any, optimizer: Any, scheduler: Any,
+                           scaler: Any, algorithm: Any) -> None:
+    """Load :func:`training_state`'s parts back into the run's objects and generators."""
+    model.load_state_dict(ckpt["model"])
+    ema.load_state_dict(ckpt["ema"])
+    optimizer.load_state_dict(ckpt["optimizer"])
+    scheduler.load_state_dict(ckpt["scheduler"])
+    if scaler.is_enabled() and ckpt["scaler"]:   # a checkpoint from a run without fp16 has none
+        scaler.load_state_dict(ckpt["scaler"])
+    algorithm.load_state_dict(ckpt["algorithm"])
+    set_rng_state(ckpt["rng"])

@@ -1,6 +1,8 @@
 """Command line: sslzoo list | train | pretrain | data | cache | bench | table | plot | calibration | eval | throughput.
 
-User errors (SSLZooError) print as one paragraph and exit 2; --debug shows the traceback.
+A thin layer over the Python API (sslzoo.api, docs/api.md): each command parses its flags into
+config layers and calls the same function a Python user would. User errors (SSLZooError) print
+as one paragraph and exit 2; --debug shows the traceback.
 """
 from __future__ import annotations
 
@@ -15,64 +17,13 @@ import json
 import sys
 from typing import Any, Callable
 
-from .errors import DivergedError, SSLZooError
+from .errors import SSLZooError, run_command
 
-# flag -> config key, for the training flags shared by train and bench
-TRAIN_FLAGS: list[tuple[str, str, type, str]] = [
-    ("--algo", "algo", str, "algorithm name (see `sslzoo list`)"),
-    ("--dataset", "dataset", str, "data set name"),
-    ("--data-root", "data_root", str, "folder holding the data set"),
-    ("--labels", "labels", int, "number of labeled training images"),
-    ("--seed", "seed", int, "random seed (split, init, augmentation)"),
-    ("--epochs", "epochs", int, "training epochs"),
-    ("--iters-per-epoch", "iters_per_epoch", int, "iterations per epoch"),
-    ("--batch-size", "batch_size", int, "labeled images per step"),
-    ("--mu", "mu", int, "unlabeled/labeled batch ratio"),
-    ("--device", "device", str, "auto | cpu | cuda | cuda:N"),
-    ("--image-size", "image_size", int, "resize images to this side"),
-    ("--split", "split", str, "labeled-subset protocol: balanced | stratified | adacm_rafdb"),
-    ("--val-per-class", "val_per_class", int, "hold out N images per class for model selection"),
-    ("--unlabeled-extra", "unlabeled_extra", str, "add this data set's training images as unlabeled data"),
-    ("--test-dataset", "test_dataset", str, "evaluate on another data set (cross-data-set)"),
-    ("--num-workers", "num_workers", int, "data loader workers (-1: auto)"),
-]
-
-
-def add_train_flags(p: argparse.ArgumentParser, *, with_single: bool = True) -> None:
-    for flag, key, typ, help_ in TRAIN_FLAGS:
-        if not with_single and key in ("algo", "dataset", "labels", "seed"):
-            continue
-        p.add_argument(flag, dest=key, type=typ, default=None, help=help_)
-    p.add_argument("--backbone", default=None, help="backbone name (see `sslzoo list`)")
-    p.add_argument("--config", action="append", default=[], metavar="FILE.yaml", help="YAML config (repeatable)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config key, e.g. --set policy=fixed:0.8 --set optim.lr=1e-3 (repeatable)")
-    p.add_argument("--plugin", action="append", default=[], metavar="FILE.py",
-                   help="import a Python file that registers algorithms/policies (repeatable)")
-
-
-def config_layers(args: argparse.Namespace, extra: dict[str, Any] | None = None) -> list[dict[str, Any]]:
-    from .config import load_yaml, parse_set
-    from .registry import load_plugin
-    for plugin in args.plugin:
-        load_plugin(plugin)
-    layers = [load_yaml(f) for f in args.config]
-    flags = {key: getattr(args, key) for _, key, _, _ in TRAIN_FLAGS if getattr(args, key, None) is not None}
-    if getattr(args, "backbone", None):
-        flags["backbone"] = {"name": args.backbone}
-    if getattr(args, "out", None):
-        flags["out"] = args.out
-    if getattr(args, "no_progress", False):
-        flags["progress"] = False
-    layers.append(flags)
-    layers.append(parse_set(args.set))
-    if extra:
-        layers.append(extra)
-    return layers
+from .flags import TRAIN_FLAGS, add_train_flags, config_layers  # noqa: F401 - re-exported
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    from .registry import ALGORITHMS, BACKBONES, DATASETS, POLICIES, PRETRAINED, describe
+    from .registry import ALGORITHMS, BACKBONES, DATASETS, POLICIES, PRETRAINED, describe   # what sslzoo.list_* read
     for title, reg in (("algorithms", ALGORITHMS), ("threshold policies", POLICIES),
                        ("data sets", DATASETS), ("backbones", BACKBONES),
                        ("pretrained backbones (backbone.pretrained=NAME)", PRETRAINED)):
@@ -88,12 +39,12 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     import os
-    from .config import resolve
-    from .trainer import train
+    from .api import fit
     if args.nproc and args.nproc > 1:
         return _relaunch_with_torchrun(args.nproc, args.argv)
-    cfg = resolve(config_layers(args))
-    metrics = train(cfg, resume=args.resume, overwrite=args.overwrite, stop_after_epoch=args.stop_after_epoch)
+    result = fit(config=config_layers(args), resume=args.resume, overwrite=args.overwrite,
+                 stop_after_epoch=args.stop_after_epoch)
+    cfg, metrics = result.config, result.metrics
     if int(os.environ.get("RANK", "0")) != 0:   # under torchrun only rank 0 reports
         return 0
     if metrics.get("status") == "interrupted":
@@ -161,14 +112,16 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     """Build (or find) a recipe's pretrained backbone for the config's backbone and image size."""
     from .config import resolve
     from .data.prepare import load_bundle
+    from .device import device_type
     from .pretrain.store import is_built, pretrained_weights, weights_path
     from .registry import PRETRAINED
     cfg = resolve(config_layers(args))
     recipe, name = PRETRAINED.get(args.name), args.name.lower()
     size = cfg["image_size"] or load_bundle(cfg["dataset"], cfg["data_root"], None, cfg["data"]).image_size
     backbone = {k: v for k, v in cfg["backbone"].items() if k not in ("weights", "pretrained")}
-    cached = is_built(weights_path(name, backbone, size))
-    path = pretrained_weights(name, backbone, size)
+    kind = device_type(cfg["device"])
+    cached = is_built(weights_path(name, backbone, size, kind))
+    path = pretrained_weights(name, backbone, size, kind)
     print(f"{name} ({recipe.description}) for backbone '{backbone['name']}' at {size} px: "
           f"{path}{' (already cached)' if cached else ''}\n"
           f"use it with --set backbone.pretrained={name}")
@@ -241,16 +194,11 @@ _EXTRA_COMMANDS: list[Callable[[Any], None]] = []
 
 
 def _register_extra_commands() -> None:
-    """Sub-commands that live in their own modules (bench, table, plot, throughput)."""
-    import importlib
-    if _EXTRA_COMMANDS:
-        return
-    for module in ("sslzoo.bench.commands", "sslzoo.perf"):
-        try:
-            _EXTRA_COMMANDS.append(importlib.import_module(module).register)
-        except ModuleNotFoundError as exc:
-            if exc.name != module:
-                raise
+    """Sub-commands that live in their own modules (bench, table, plot, ..., throughput)."""
+    from .bench import commands
+    from .benchmarks import throughput
+    if not _EXTRA_COMMANDS:
+        _EXTRA_COMMANDS.extend([commands.register, throughput.register])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -261,17 +209,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args([a for a in argv if a != "--debug"])
     args.debug = args.debug or debug
     args.argv = argv
-    try:
-        return int(args.func(args) or 0)
-    except SSLZooError as exc:
-        if args.debug:
-            raise
-        kind = "diverged" if isinstance(exc, DivergedError) else "error"
-        print(f"sslzoo {args.command}: {kind}: {exc}", file=sys.stderr)
-        return 3 if isinstance(exc, DivergedError) else 2
-    except KeyboardInterrupt as exc:
-        print(f"sslzoo {args.command}: interrupted. {exc}", file=sys.stderr)
-        return 130
+    return run_command(args.command, lambda: args.func(args), debug=args.debug)
 
 
 if __name__ == "__main__":

@@ -23,10 +23,9 @@ from .registry import ALGORITHMS
 
 DEFAULTS: dict[str, Any] = {
     "algo": "adacm",
-    "policy": None,              # None: the algorithm's default ("fixed:0.95", "adacm", a mapping, ...)
-    "policy_args": {},           # extra keyword arguments for the policy in force
+    "policy": None,              # None: the algorithm's default; "fixed:0.8", or {name: fixed, threshold: 0.8}
     "policies": {},              # per-policy settings, applied only when that policy is in force,
-                                 # e.g. policies: {freematch: {momentum: 0.99}} for short runs
+                                 # e.g. policies: {freematch: {momentum: 0.99}}; the policy spec wins
     "dataset": "synthfer",
     "data_root": None,
     "data": {},                  # data-set loader options (checked by the loader)
@@ -56,10 +55,12 @@ DEFAULTS: dict[str, Any] = {
     "compile": False,
     "num_workers": -1,           # -1: one per spare CPU core (at most 4)
     "tensorboard": True,
+    "loggers": [],               # more loggers: csv (metrics.csv), wandb (needs the wandb package)
+    "log_interval": 50,          # steps between host reads of the running losses/stats (and divergence checks)
     "progress": True,
     "out": "runs/run",
 }
-FREE_FORM = {"data", "backbone", "policy_args"}   # sections whose keys the component checks
+FREE_FORM = {"data", "backbone"}   # sections whose keys the component checks
 NULLABLE_ANY = {"policy"}
 
 
@@ -162,6 +163,20 @@ def _check(schema: dict[str, Any], given: dict[str, Any], where: str) -> None:
                                   f"(default {default!r}); got {value!r}.")
 
 
+def parse_switch(value: Any, key: str) -> bool | None:
+    """A config switch given as a bool or a word (on/off, true/false, yes/no, 1/0); None for "auto"."""
+    if isinstance(value, bool):
+        return value
+    word = str(value).strip().lower()
+    if word == "auto":
+        return None
+    if word in ("true", "on", "yes", "1"):
+        return True
+    if word in ("false", "off", "no", "0", "none"):
+        return False
+    raise SSLZooError(f"Config key '{key}' must be auto, true or false; got {value!r}.")
+
+
 def schema() -> dict[str, Any]:
     """DEFAULTS plus one section per registered algorithm (its constructor's keyword arguments)."""
     from .algorithm import policy_hyperparameters
@@ -205,16 +220,19 @@ def config_hash(cfg: dict[str, Any]) -> str:
     """A short stable hash of everything that changes results (not where they are written)."""
     # Where data sets are mounted does not change results: a moved data folder, or cluster nodes
     # mounting it at different paths, must not make finished runs look stale.
-    ignored = ("out", "progress", "tensorboard", "num_workers", "data_root", "unlabeled_extra_root",
-               "test_data_root")
+    ignored = ("out", "progress", "tensorboard", "loggers", "log_interval", "num_workers", "data_root",
+               "unlabeled_extra_root", "test_data_root")
     keep = {k: v for k, v in cfg.items() if k not in ignored}
     weights = (cfg.get("backbone") or {}).get("weights")
     if weights:   # a re-made checkpoint at the same path is a different configuration
         keep["backbone_weights_sha256"] = file_fingerprint(weights)
     pretrained = (cfg.get("backbone") or {}).get("pretrained")
     if pretrained:   # a changed recipe (new version, other hyperparameters) is a different configuration
+        from .device import device_type
         from .pretrain.store import recipe_fingerprint
         keep["backbone_pretrained_recipe"] = recipe_fingerprint(str(pretrained))
+        # the weights are built on the run's device type, and differ with it
+        keep["backbone_pretrained_device"] = device_type(str(cfg.get("device", "auto")))
     return hashlib.sha256(json.dumps(keep, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 

@@ -54,11 +54,14 @@ class DistContext:
         return torch.cat([p[:s] for p, s in zip(parts, sizes)])
 
     def all_reduce(self, tensor: Tensor, op: str = "sum") -> Tensor:
-        """Sum (or mean) over ranks; returns a new tensor, the input is left unchanged."""
+        """Sum, mean, min or max over ranks; returns a new tensor, the input is left unchanged."""
+        if op not in ("sum", "mean", "min", "max"):
+            raise ValueError(f"all_reduce op must be sum, mean, min or max; got {op!r}")
         if not self.enabled:
             return tensor
         out = tensor.clone()
-        dist.all_reduce(out, op=dist.ReduceOp.SUM)
+        reduce_op = {"min": dist.ReduceOp.MIN, "max": dist.ReduceOp.MAX}.get(op, dist.ReduceOp.SUM)
+        dist.all_reduce(out, op=reduce_op)
         return out / self.world_size if op == "mean" else out
 
     def any(self, flag: bool) -> bool:

@@ -1,11 +1,17 @@
 """Accuracy, per-class accuracy and confusion matrix, in inference mode with large batches."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Iterable
 
 import numpy as np
 import torch
 from torch import Tensor, nn
+
+from .data.base import ImageSet
+from .data.pipeline import view_batches
+from .data.views import Views, normalize_batch
+from .device import autocast
 
 
 @torch.inference_mode()
@@ -43,3 +49,29 @@ def classification_metrics(probs: Tensor, labels: Tensor, num_classes: int) -> d
         "per_class_acc": [None if np.isnan(v) else float(v) for v in per_class],
         "confusion": conf.tolist(),
     }
+
+
+@dataclass
+class Predictor:
+    """The one evaluation path: how a model is run over an image set, wherever that happens.
+
+    The trainer's per-epoch test and Ada-CM's margin pass, ``sslzoo eval``, ``calibration``,
+    ``plot --tsne`` and ``predict`` all go through here, with the run's device, autocast and
+    memory layout, so re-evaluating a checkpoint reproduces what the run measured.
+    """
+
+    views: Views
+    device: torch.device
+    batch_size: int
+    amp_dtype: torch.dtype | None = None
+    channels_last: bool = False
+
+    def prepare(self, x: Tensor) -> Tensor:
+        return normalize_batch(x, self.device, self.channels_last)
+
+    def __call__(self, model: nn.Module, images: ImageSet, view: str = "plain", seed: int = 0, *,
+                 with_features: bool = False) -> tuple[Tensor, Tensor, Tensor | None]:
+        """(softmax probabilities [N, C], labels [N], features or None) of ``model`` on ``images``."""
+        with autocast(self.device, self.amp_dtype):
+            return predict(model, view_batches(images, self.views, view, seed, self.batch_size), self.prepare,
+                           with_features=with_features)

@@ -41,8 +41,8 @@ def sample_lambda(n: int, alpha: float, per_sample: bool = True, device: torch.d
     """
     if alpha <= 0:
         return torch.ones(n, device=device)
-    a = torch.tensor(float(alpha), device=device)
-    beta = torch.distributions.Beta(a, a)
+    a = torch.full((), float(alpha), device=device)   # a fill: torch.tensor(x, device=cuda) would sync
+    beta = torch.distributions.Beta(a, a, validate_args=False)   # validation reads the tensors on the host
     lam = beta.sample((n,) if per_sample else (1,))
     lam = torch.maximum(lam, 1.0 - lam)
     return lam if per_sample else lam.expand(n).clone()

@@ -54,11 +54,18 @@ class EpochContext:
 
 @dataclass
 class PolicyInput:
-    """What a threshold policy sees at each step (all detached)."""
+    """What a threshold policy sees at each step (all detached).
+
+    ``labeled_probs`` is the softmax of the labeled batch's (weak-view) logits, for policies
+    that scale their threshold by the model's confidence on labeled data (AdaMatch's relative
+    threshold, policy "relative"). It is optional: algorithms that do not pass it leave it
+    None, and a policy that needs it says so when it meets None.
+    """
 
     probs: Tensor                     # [B_u, C] pseudo-label distribution
     index: Tensor | None = None       # [B_u] unlabeled pool positions
     labeled_loss: Tensor | None = None  # [B_l] per-sample supervised cross-entropy (Dash's rho_hat)
+    labeled_probs: Tensor | None = None  # [B_l, C] softmax of the labeled (weak) logits (AdaMatch)
 
 
 class ThresholdPolicy:

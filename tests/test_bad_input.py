@@ -66,8 +66,8 @@ def finished_run(tmp_path_factory) -> Path:
     (["--set", "epochs"], ["--set expects key=value", "'epochs'"]),
     (["--set", "optim.lrr=1"], ["Unknown config key 'optim.lrr'", "Did you mean 'lr'"]),
     (["--set", "epochs=abc"], ["'epochs' expects a int", "'abc'"]),
-    (["--set", "policy_args.B=2"], ["Threshold policy 'adacm' rejected its settings", "0 < B < 1"]),
-    (["--set", "policy_args.Bb=0.9"], ["Unknown parameter(s) 'Bb'", "did you mean 'B'"]),
+    (["--set", "policies.adacm.B=2"], ["Threshold policy 'adacm' rejected its settings", "0 < B < 1"]),
+    (["--set", "policy={name: adacm, Bb: 0.9}"], ["Unknown parameter(s) 'Bb'", "did you mean 'B'"]),
     (["--set", "amp=fast"], ["'amp' must be auto, bf16, fp16 or off"]),
     (["--config", "/nonexistent/c.yaml"], ["Config file '/nonexistent/c.yaml' does not exist"]),
 ], ids=lambda v: " ".join(v) if isinstance(v, list) and v and v[0].startswith("-") else None)

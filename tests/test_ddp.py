@@ -59,7 +59,7 @@ def test_two_process_gloo_run_agrees_across_ranks(tmp_path, monkeypatch):
     plugin = tmp_path / "aux_plugin.py"
     plugin.write_text(PLUGIN)
     config = tmp_path / "ddp.yaml"
-    settings = {**TINY, "algo": "adacm_aux_ddp_test", "policy_args": {"floor": None}, "epochs": 2,
+    settings = {**TINY, "algo": "adacm_aux_ddp_test", "policies": {"adacm": {"floor": None}}, "epochs": 2,
                 "device": "cpu", "backbone": {"name": "smallcnn", "width": 8}}
     config.write_text(yaml.safe_dump(settings))
     out, dump = tmp_path / "run", tmp_path / "dump"

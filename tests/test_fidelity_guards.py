@@ -25,7 +25,7 @@ def test_split_overlap_and_test_leakage_are_caught():
 
 def test_adacm_margin_sees_only_the_labeled_training_set(tmp_path):
     trainer = Trainer(tiny_config(tmp_path, algo="adacm", val_per_class=2))
-    trainer._setup()
+    trainer.setup()
     ctx = trainer.epoch_context(1)
     probs, targets = ctx.labeled_predictions("weak")
     data = trainer.data

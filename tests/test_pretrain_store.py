@@ -141,13 +141,13 @@ BACKBONE = {"name": "smallcnn", "width": 4, "pretrained": "fake_fill"}
 
 def test_weights_are_built_once_then_read_from_the_cache(fake_recipe):
     calls, _ = fake_recipe
-    path = pretrained_weights("fake_fill", BACKBONE, 32, log=lambda _: None)
+    path = pretrained_weights("fake_fill", BACKBONE, 32, "cpu", log=lambda _: None)
     assert calls == [1258] and path.is_file() and path.parent.name == "pretrained"
-    assert pretrained_weights("fake_fill", BACKBONE, 32) == path and calls == [1258]
+    assert pretrained_weights("fake_fill", BACKBONE, 32, "cpu") == path and calls == [1258]
     saved = torch.load(path, weights_only=True)
     assert saved["pretrained"]["recipe"] == "fake_fill" and not any(k.startswith("head.") for k in saved["state_dict"])
     path.write_bytes(b"not a checkpoint")                       # a broken file is rebuilt, not trusted
-    assert pretrained_weights("fake_fill", BACKBONE, 32, log=lambda _: None) == path and len(calls) == 2
+    assert pretrained_weights("fake_fill", BACKBONE, 32, "cpu", log=lambda _: None) == path and len(calls) == 2
 
 
 def test_the_key_follows_architecture_image_size_and_recipe_but_not_head_options(fake_recipe, monkeypatch):
@@ -161,13 +161,14 @@ def test_the_key_follows_architecture_image_size_and_recipe_but_not_head_options
     assert weights_path("fake_fill", BACKBONE, 32, "cpu") != base
 
 
-def test_build_backbone_starts_from_the_recipe_weights(fake_recipe):
-    model = build_backbone(BACKBONE, 7, 32)
+def test_build_model_starts_from_the_recipe_weights(fake_recipe):
+    from sslzoo.factory import build_model
+    model = build_model({"backbone": BACKBONE, "device": "cpu"}, 7, 32)
     assert torch.all(model.features[0][0].weight == 0.25)
     assert not torch.all(model.head.fc.weight == 0.25)           # the head is new
-    assert resolve_pretrained({"name": "smallcnn", "width": 4}, 32) == {"name": "smallcnn", "width": 4}
+    assert resolve_pretrained({"name": "smallcnn", "width": 4}, 32, "cpu") == {"name": "smallcnn", "width": 4}
     with pytest.raises(SSLZooError, match="both name the weights"):
-        build_backbone({**BACKBONE, "weights": "w.pt"}, 7, 32)
+        build_model({"backbone": {**BACKBONE, "weights": "w.pt"}, "device": "cpu"}, 7, 32)
 
 
 def test_unknown_recipe_names_fail_with_the_known_ones():
@@ -178,8 +179,9 @@ def test_unknown_recipe_names_fail_with_the_known_ones():
 
 
 def test_a_backbone_without_weights_is_refused_before_anything_is_built(fake_recipe):
+    from sslzoo.factory import build_model
     with pytest.raises(SSLZooError, match="'wrn28_2' takes no weights file"):
-        build_backbone({"name": "wrn28_2", "pretrained": "fake_fill"}, 7, 32)
+        build_model({"backbone": {"name": "wrn28_2", "pretrained": "fake_fill"}, "device": "cpu"}, 7, 32)
     assert fake_recipe[0] == []
 
 

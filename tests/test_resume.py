@@ -26,7 +26,7 @@ from tests.conftest import TINY, tiny_config
 REPO = Path(__file__).resolve().parent.parent
 # Ada-CM without the official 0.8 floor: the tiny model's margin then really depends on the
 # epoch-1 EMA model, so a resume that lost the policy state or the EMA would show.
-ADACM = {"algo": "adacm", "policy_args": {"floor": None}}
+ADACM = {"algo": "adacm", "policies": {"adacm": {"floor": None}}}
 FIXMATCH = {"algo": "fixmatch", "policy": "fixed:0.3"}
 
 

@@ -66,13 +66,13 @@ def expected_calibration_error(probs: Tensor, labels: Tensor, n_bins: int = 15) 
 def calibration_report(run_dir: str, split: str = "unlabeled", edges: Sequence[float] = (0.5, 0.8, 0.95),
                        device: str = "auto") -> str:
     """A Markdown report for one finished run (EMA model, plain views, as evaluated)."""
-    from .loaded_run import load_run
+    from ..runs import load_run
 
     run = load_run(run_dir, device)
     images = {"unlabeled": run.data.unlabeled, "test": run.data.test}.get(split)
     if images is None:
         raise SSLZooError(f"--split must be 'unlabeled' or 'test'; got '{split}'.")
-    probs, labels, _ = run.predict(images)
+    probs, labels, _ = run.predict_set(images)
     known = labels >= 0                       # extra unlabeled data has no ground truth
     probs, labels = probs[known].cpu(), labels[known].cpu()
     rows = confidence_bins(probs, labels, edges)

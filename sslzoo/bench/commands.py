@@ -2,7 +2,7 @@
 
 Why these live here and not in cli.py: they are the harness's front end and keep
 cli.py small; cli.py imports :func:`register` and the shared training flags come
-from ``cli.add_train_flags`` / ``cli.config_layers``, so every ``sslzoo train``
+from ``flags.add_train_flags`` / ``flags.config_layers``, so every ``sslzoo train``
 flag works in a bench and means the same thing.
 """
 from __future__ import annotations
@@ -30,7 +30,7 @@ diverged (they are recorded in results.csv), 2 for a usage error (nothing ran)."
 
 
 def register(subparsers: Any) -> None:
-    from ..cli import add_train_flags
+    from ..flags import add_train_flags
 
     sp = subparsers.add_parser("bench", help="run a grid of training runs and make the comparison table",
                                description=BENCH_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -129,7 +129,7 @@ def register(subparsers: Any) -> None:
 
 def build_cells(args: argparse.Namespace):
     """The suite, bench folder and resolved cells the arguments describe (shared by the tests)."""
-    from ..cli import config_layers
+    from ..flags import config_layers
     from .grid import (expand, filter_suite, grid_suite, load_suite, parse_labels, parse_list, parse_seeds,
                        resolve_cells)
     cli_layers = config_layers(args)   # also imports --plugin files, before any name is checked
@@ -166,6 +166,7 @@ def _manifest(out: Path, suite, full, cells, baseline: str | None, metric: str) 
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
+    from ..io import check_locking
     from .grid import parse_shard, shard
     from .results import write_manifest, write_results_csv
     from .runner import BenchRunner, inspect_run
@@ -192,6 +193,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
             print(f"  {what:<7} {cell.rel_dir}")
         return 0
     out.mkdir(parents=True, exist_ok=True)
+    check_locking(out)   # a file system without locks: one clear error now, not one per run
     manifest = _manifest(out, suite, full, cells, baseline, metric)
     write_manifest(out, manifest)
     runner = BenchRunner(mine, out, jobs=args.jobs, plugins=args.plugin, progress=not args.no_progress,
@@ -219,21 +221,41 @@ def _prebuild_pretrained(cells: list) -> None:
     prebuild([cell.cfg for cell in cells])
 
 
+def table_methods(df: Any, manifest: dict[str, Any]) -> tuple[list[str], list[str]]:
+    """(the methods with result rows, in the suite's order; the suite's methods without any).
+
+    Why: a suite filtered with --algos (or a folder filled one method at a time) lists every
+    method in bench.json; a row of "–" per method that was never run buries the ones that
+    did, so the tables show the methods that ran and the rest is said once ("not run").
+    """
+    from .results import method_order
+    present = set(df["method"].astype(str))
+    order = method_order(df, manifest)
+    return [m for m in order if m in present], [m for m in order if m not in present]
+
+
+def _not_run_note(not_run: list[str], out: Path) -> str:
+    return f"not run: {', '.join(not_run)} (methods of the suite without results in {out})"
+
+
 def finalize(out: Path, manifest: dict[str, Any], *, metric: str = "final", baseline: str | None = None,
              plots: bool = True, gains: bool = False, echo: bool = True) -> dict[str, Path]:
     """results.csv, the table files and (optionally) the figures of a bench folder; print the table."""
-    from .results import method_order, table_frame, write_results_csv
+    from .results import table_frame, write_results_csv
     from .tables import write_tables
     df = write_results_csv(out)
     if df.empty:
         print(f"no results in {out} yet", file=sys.stderr)
         return {}
     methods = set(df["method"].astype(str))
-    paths = write_tables(table_frame(df), out, metric=metric, methods_order=method_order(df, manifest),
+    ran, not_run = table_methods(df, manifest)
+    paths = write_tables(table_frame(df), out, metric=metric, methods_order=ran,
                          baseline=baseline if baseline in methods else None, gains=gains)
     if echo:
         print()
         print(paths["md"].read_text(encoding="utf-8"))
+        if not_run:
+            print(_not_run_note(not_run, out))
     if plots:
         from .plots import plot_bench
         messages: list[str] = []
@@ -249,7 +271,7 @@ def finalize(out: Path, manifest: dict[str, Any], *, metric: str = "final", base
 # ----------------------------------------------------------------------------- table / plot
 
 def cmd_table(args: argparse.Namespace) -> int:
-    from .results import load_results, method_order, read_manifest, table_frame
+    from .results import load_results, read_manifest, table_frame
     from .tables import resolve_metric, write_tables
     df, bench_dir = load_results(args.path)
     if df.empty:
@@ -261,10 +283,13 @@ def cmd_table(args: argparse.Namespace) -> int:
     if args.baseline and args.baseline not in methods:
         raise SSLZooError(f"--baseline '{args.baseline}' has no results; methods: {', '.join(sorted(methods))}.")
     out = Path(args.out) if args.out else bench_dir
-    paths = write_tables(table_frame(df), out, metric=metric, methods_order=method_order(df, manifest),
+    ran, not_run = table_methods(df, manifest)
+    paths = write_tables(table_frame(df), out, metric=metric, methods_order=ran,
                          baseline=baseline if baseline in methods else None, gains=args.gains)
     key = {"md": "md", "csv": "csv", "latex": "tex", "tex": "tex"}[args.format]
     print(paths[key].read_text(encoding="utf-8"), end="")
+    if not_run:
+        print(_not_run_note(not_run, bench_dir), file=sys.stderr)
     print(f"(written: {', '.join(str(p) for p in paths.values())})", file=sys.stderr)
     return 0
 
@@ -324,14 +349,14 @@ def tsne_features(run_dir: str | Path, *, max_points: int = 2000, device: str = 
     """Test-set features of a run's EMA model: (features [N, D], labels [N], class names, cfg)."""
     import numpy as np
 
-    from .loaded_run import load_run
+    from ..runs import load_run
 
     run = load_run(run_dir, device)
     test = run.data.test
     if max_points and len(test) > max_points:
         idx = np.sort(np.random.default_rng(seed).choice(len(test), max_points, replace=False))
         test = test.subset(idx)
-    _, labels, feats = run.predict(test, with_features=True)
+    _, labels, feats = run.predict_set(test, with_features=True)
     return feats.cpu().numpy(), labels.cpu().numpy(), list(run.data.classes), run.cfg, run.data.test_name
 
 

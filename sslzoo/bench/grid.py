@@ -411,7 +411,7 @@ def resolve_cells(cells: list[Cell], cli_layers: list[dict[str, Any]], out: str 
     """
     from ..config import resolve
     from ..registry import ALGORITHMS, BACKBONES, DATASETS
-    from ..trainer import build_algorithm
+    from ..factory import build_algorithm
 
     checked: set[str] = set()
     by_dir: dict[str, Cell] = {}
@@ -429,7 +429,7 @@ def resolve_cells(cells: list[Cell], cli_layers: list[dict[str, Any]], out: str 
                 if cfg.get(key):
                     DATASETS.get(cfg[key])
             BACKBONES.get(cfg["backbone"]["name"])
-            signature = repr((cfg["algo"], cfg.get("policy"), cfg.get("policy_args"), cfg.get(cfg["algo"])))
+            signature = repr((cfg["algo"], cfg.get("policy"), cfg.get("policies"), cfg.get(cfg["algo"])))
             if signature not in checked:   # policy spec and hyperparameters: build once per distinct row
                 build_algorithm(cfg, 7)
                 checked.add(signature)

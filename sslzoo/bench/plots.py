@@ -7,10 +7,17 @@ figures are freed when they go out of scope, and ``plt.show`` can never block a
 benchmark.
 
 Conventions: only runs with status "finished" are plotted (like the tables);
+runs are grouped by method and *setting* (the bench's ``result.json``; without one,
+``<dataset>-<labels>``), so two settings with the same data set and label count (SFEW
+with and without RAF-DB as extra unlabeled data) get separate panels, titled by their
+setting;
 curves are the mean over seeds at each epoch and the shaded band / error bar is
 the min-max range over seeds (with the usual 3 seeds that is all the data shows,
 without a distributional assumption). A figure nobody has data for is skipped and
-said so in ``messages`` (and the log) instead of producing an empty PNG.
+said so in ``messages`` (and the log) instead of producing an empty PNG. Before a
+figure is saved, titles and axis labels too wide for the figure (or their panel) at the
+saved size are wrapped onto more lines (:func:`fit_texts`): constrained layout makes
+room for text but never shortens it, so a long title on a one-panel figure was cut off.
 """
 from __future__ import annotations
 
@@ -20,10 +27,11 @@ import json
 import logging
 import math
 import os
+import textwrap
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 from matplotlib.figure import Figure
@@ -64,26 +72,65 @@ def load_runs(run_dirs: Iterable[str | os.PathLike], statuses: Sequence[str] = (
         if status not in statuses:
             skipped[f"status {status}"].append(str(d))
             continue
-        m["method"] = _method_name(Path(d)) or m.get("method") or m.get("algorithm") or Path(d).name
+        row = _bench_row(Path(d))
+        m["method"] = _text(row.get("method")) or m.get("method") or m.get("algorithm") or Path(d).name
+        m["_setting_id"] = _text(row.get("setting")) or _default_setting(m)
         m["_dir"] = str(d)
         runs.append(m)
     for why, dirs in skipped.items():
         _say(messages, f"ignored {len(dirs)} run(s): {why} (e.g. {dirs[0]})")
+    _mark_settings(runs)
     return runs
 
 
-def _method_name(run_dir: Path) -> str | None:
-    """The suite row's name from the bench's ``result.json`` (e.g. "FT = 0.8"), if there is one.
+def _bench_row(run_dir: Path) -> dict[str, Any]:
+    """The bench's ``result.json`` of a run (empty for a bare ``sslzoo train`` run or an unreadable file).
 
-    Why not ``metrics.json``'s algorithm: several suite rows share one algorithm (Table 1's
-    ablations are all ``adacm``) and would collapse into one curve.
+    Why: it names the suite row (e.g. "FT = 0.8"; Table 1's ablations all run ``adacm`` and
+    would collapse into one curve by algorithm) and the setting (``sfew-100-extra``: SFEW
+    with RAF-DB as extra unlabeled data, same data set and labels as ``sfew-100``).
     """
     try:
         row = json.loads((run_dir / "result.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
-        return None
-    method = row.get("method") if isinstance(row, dict) else None
-    return str(method) if method else None
+        return {}
+    return row if isinstance(row, dict) else {}
+
+
+def _text(x: Any) -> str | None:
+    return str(x) if x not in (None, "") and not (isinstance(x, float) and math.isnan(x)) else None
+
+
+def _default_setting(m: dict) -> str:
+    """The setting id the bench would give a run without a ``name`` (grid.setting_id)."""
+    sid = f"{m.get('dataset', '?')}-{m.get('labels', '?')}"
+    test = m.get("test_dataset")
+    return sid + (f"-on-{test}" if test and test != m.get("dataset") else "")
+
+
+class SettingKey(NamedTuple):
+    """A panel: a setting. ``shared``: another setting has the same data set and label count."""
+
+    dataset: str
+    labels: Any
+    setting: str
+    shared: bool = False
+
+    @property
+    def label(self) -> str:
+        plain = f"{self.dataset}, {self.labels} labels"
+        return f"{self.setting} ({plain})" if self.shared else plain
+
+
+def _mark_settings(runs: list[dict]) -> None:
+    """Give each run its :class:`SettingKey` (``shared`` needs every run's setting)."""
+    ids = {(str(r.get("dataset", "?")), r.get("labels", "?"), r["_setting_id"]) for r in runs}
+    count: dict[tuple, int] = defaultdict(int)
+    for d, lab, _ in ids:
+        count[(d, lab)] += 1
+    for r in runs:
+        d, lab = str(r.get("dataset", "?")), r.get("labels", "?")
+        r["_setting"] = SettingKey(d, lab, r["_setting_id"], count[(d, lab)] > 1)
 
 
 def _say(messages: list[str] | None, text: str) -> None:
@@ -99,20 +146,25 @@ def _finite(x: Any) -> bool:
         return False
 
 
-def _setting(run: dict) -> tuple[str, Any]:
-    return (str(run.get("dataset", "?")), run.get("labels", "?"))
+def _setting(run: dict) -> SettingKey:
+    if "_setting" not in run:     # a run dict not from load_runs
+        run.setdefault("_setting_id", _default_setting(run))
+        _mark_settings([run])
+    return run["_setting"]
 
 
 def _ordered(items: Iterable[Any], key: Callable[[Any], Any] | None = None) -> list[Any]:
     return sorted(dict.fromkeys(items), key=key) if key else list(dict.fromkeys(items))
 
 
-def _settings(runs: list[dict]) -> list[tuple[str, Any]]:
-    ds_order = _ordered(_setting(r)[0] for r in runs)
+def _settings(runs: list[dict]) -> list[SettingKey]:
+    """Panels in order: data set (first appearance), label count, then setting (first appearance)."""
+    ds_order = _ordered(_setting(r).dataset for r in runs)
+    st_order = _ordered(_setting(r).setting for r in runs)
 
-    def k(st: tuple[str, Any]) -> tuple:
-        lab = st[1]
-        return (ds_order.index(st[0]), 0, float(lab)) if _finite(lab) else (ds_order.index(st[0]), 1, str(lab))
+    def k(st: SettingKey) -> tuple:
+        lab = (0, float(st.labels), "") if _finite(st.labels) else (1, 0.0, str(st.labels))
+        return (ds_order.index(st.dataset), *lab, st_order.index(st.setting))
 
     return _ordered((_setting(r) for r in runs), key=k)
 
@@ -149,13 +201,71 @@ def _grid(n: int, ncols: int = 3, w: float = 4.6, h: float = 3.4) -> tuple[Figur
 
 
 def _save(fig: Figure, path: Path) -> Path:
-    """Save atomically through sslzoo.io.atomic_write (temp file in the same dir + os.replace)."""
+    """Fit the texts, then save atomically through sslzoo.io.atomic_write (temp file + os.replace)."""
+    fit_texts(fig)
     atomic_write(path, lambda f: fig.savefig(f, dpi=_DPI, format=path.suffix.lstrip(".") or "png"), mode="wb")
     return path
 
 
-def _label(st: tuple[str, Any]) -> str:
-    return f"{st[0]}, {st[1]} labels"
+def fit_texts(fig: Figure, rounds: int = 4) -> None:
+    """Wrap the suptitle, panel titles and axis labels that are wider than the room they have.
+
+    Rendered with Agg at the saved dpi. The room: the figure's width for the suptitle, the
+    panel's width (height for a y label) for the rest. Repeated because wrapping changes
+    the constrained layout, which changes the panels' sizes.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    fig.set_dpi(_DPI)
+    canvas = FigureCanvasAgg(fig)
+    for _ in range(rounds):
+        canvas.draw()
+        renderer = canvas.get_renderer()
+        changed = False
+        for text, room in _text_rooms(fig):
+            changed |= _wrap_to(text, room, renderer)
+        if not changed:
+            return
+
+
+def _text_rooms(fig: Figure) -> list[tuple[Any, float]]:
+    """(text artist, pixels it may span) for every title and axis label of the figure."""
+    out: list[tuple[Any, float]] = [(getattr(fig, "_suptitle", None), 0.98 * fig.bbox.width)]
+    for ax in fig.axes:
+        if not ax.get_visible():
+            continue
+        titles = [ax.title, getattr(ax, "_left_title", None), getattr(ax, "_right_title", None)]
+        out += [(t, ax.bbox.width) for t in titles]
+        out += [(ax.xaxis.label, ax.bbox.width), (ax.yaxis.label, ax.bbox.height)]
+    return [(text, room) for text, room in out if text is not None]
+
+
+def _wrap_to(text: Any, room: float, renderer: Any) -> bool:
+    """Re-wrap ``text`` onto as few lines as fit in ``room`` pixels; True if it changed."""
+    s = text.get_text()
+    if not s or not text.get_visible() or room <= 0:
+        return False
+    prop = text.get_fontproperties()
+
+    def widest(lines: str) -> float:
+        return max(renderer.get_text_width_height_descent(ln, prop, ismath=False)[0] for ln in lines.split("\n"))
+
+    if widest(s) <= room:
+        return False
+    flat = " ".join(s.split())
+    width = max(1, int(len(flat) * room / widest(flat)))
+    wrapped = textwrap.fill(flat, width)
+    while width > 1 and widest(wrapped) > room:
+        width -= 1
+        wrapped = textwrap.fill(flat, width)
+    if wrapped == s:
+        return False
+    text.set_text(wrapped)
+    return True
+
+
+def _label(st: SettingKey) -> str:
+    return st.label
 
 
 # ----------------------------------------------------------------------------- figures
@@ -193,11 +303,11 @@ def _thresholds_figure(runs: list[dict]) -> Figure | None:
     keyed: dict[tuple, list[dict]] = defaultdict(list)
     for r in runs:
         if any(isinstance(h, dict) and h.get("thresholds") for h in r.get("history") or []):
-            keyed[(r["method"], *_setting(r))].append(r)
+            keyed[(r["method"], _setting(r))].append(r)
     if not keyed:
         return None
     settings = _settings(runs)
-    keys = sorted(keyed, key=lambda k: (settings.index(k[1:]), list(keyed).index(k)))
+    keys = sorted(keyed, key=lambda k: (settings.index(k[1]), list(keyed).index(k)))
     fig, axes = _grid(len(keys))
     for ax, key in zip(axes, keys):
         group = keyed[key]
@@ -216,7 +326,7 @@ def _thresholds_figure(runs: list[dict]) -> Figure | None:
         names += [f"class {i}" for i in range(len(names), k)]
         for c in range(k):
             ax.plot(ep, mat[:, c], label=names[c], lw=1.4)
-        ax.set_title(f"{key[0]} - {key[1]}, {key[2]} labels (n={len(group)})", fontsize=9)
+        ax.set_title(f"{key[0]} - {_label(key[1])} (n={len(group)})", fontsize=9)
         ax.set_xlabel("epoch")
         ax.set_ylabel("confidence threshold / margin")
         ax.grid(alpha=0.3)

@@ -91,16 +91,12 @@ def make_row(*, method: str, setting: str, cfg: dict[str, Any], rel_dir: str, co
 
 
 def _policy_of(cfg: dict[str, Any]) -> str:
-    from ..registry import ALGORITHMS
-    spec = cfg.get("policy")
-    if spec is None:
-        cls = ALGORITHMS.get(cfg["algo"])
-        spec = cls.default_policy if cls.uses_policy else None
-    return spec if isinstance(spec, str) else (spec or {}).get("name", "") if isinstance(spec, dict) else ""
+    from ..factory import policy_label
+    return policy_label(cfg) or ""
 
 
 def _local_versions() -> dict[str, str]:
-    from ..trainer import package_versions
+    from ..run_record import package_versions
     return package_versions()
 
 

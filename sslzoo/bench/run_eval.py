@@ -21,7 +21,7 @@ SPLITS = ("test", "val", "labeled", "unlabeled")
 def evaluate_run(run_dir: str | Path, *, split: str = "test", test_dataset: str | None = None,
                  test_data_root: str | None = None, device: str = "auto") -> dict[str, Any]:
     """Metrics of the run's EMA model on ``split`` (``test``: the run's test set, or ``test_dataset``'s)."""
-    from .loaded_run import load_run
+    from ..runs import load_run
 
     if split not in SPLITS:
         raise SSLZooError(f"--split must be one of {', '.join(SPLITS)}; got '{split}'.")
@@ -33,7 +33,7 @@ def evaluate_run(run_dir: str | Path, *, split: str = "test", test_dataset: str 
               "unlabeled": run.data.unlabeled}[split]
     if images is None:
         raise SSLZooError(f"'{run_dir}' has no validation split (it was trained with val_per_class=0).")
-    probs, labels, _ = run.predict(images)
+    probs, labels, _ = run.predict_set(images)
     known = labels >= 0                         # extra unlabeled data has no ground truth
     if not bool(known.any()):
         raise SSLZooError(f"the {split} set of '{run_dir}' has no image with a known label to evaluate on.")

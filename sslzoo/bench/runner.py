@@ -3,14 +3,15 @@
 Why one process per run: a crash, an out-of-memory kill or a diverged loss in one
 run never takes the bench (or the other runs) down; every run's output goes to its
 own ``<run_dir>/log.txt``; ``--jobs N`` runs N of them at once, splitting the CPU
-threads (``OMP_NUM_THREADS`` / ``torch.set_num_threads``) and spreading them over
-the visible GPUs (``CUDA_VISIBLE_DEVICES``, round-robin). A run's process is
-``python -m sslzoo.bench.runner RUN_DIR`` (``exec``), or on Linux the same code
-forked from a fork server that imported torch once (``fork``, the default; it
-saves the interpreter + torch start-up per run). ``SSLZOO_BENCH_LAUNCH=exec``
-forces fresh interpreters. Either way the run trains ``RUN_DIR/cell.yaml``, the
-config exactly as the bench resolved and hashed it (not resolved again: a built-in
-YAML edited half-way through a bench must not change its runs).
+threads (``OMP_NUM_THREADS``) and spreading them over the visible GPUs
+(``CUDA_VISIBLE_DEVICES``, round-robin over the job slots). A run's process is a fresh
+interpreter, ``python -m sslzoo.bench.runner RUN_DIR`` started with ``subprocess``, its
+environment (GPU, threads) set before it starts, so before anything in it imports torch
+or touches CUDA. (An earlier fork-server launcher saved the interpreter + torch start-up,
+seconds per run, but had to patch multiprocessing internals and preloaded torch before a
+run's GPU was chosen.) The run trains ``RUN_DIR/cell.yaml``, the config exactly as the
+bench resolved and hashed it (not resolved again: a built-in YAML edited half-way through
+a bench must not change its runs).
 
 Resumability (re-running the same command):
 
@@ -106,10 +107,6 @@ def log_error(run_dir: Path, max_chars: int = 600) -> str:
 
 # ----------------------------------------------------------------------------- child processes
 
-def cpu_count() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-
-
 def visible_gpus() -> list[str]:
     """GPU ids a child may be given: CUDA_VISIBLE_DEVICES's list if set, else every CUDA device."""
     env = os.environ.get("CUDA_VISIBLE_DEVICES")
@@ -128,6 +125,7 @@ def child_env(base: dict[str, str], *, jobs: int, slot: int, device: str, gpus: 
     env[PARENT_ENV] = str(os.getpid())
     env.setdefault("PYTHONUNBUFFERED", "1")
     if jobs > 1 and "OMP_NUM_THREADS" not in base:
+        from ..device import cpu_count
         threads = str(max(1, cpu_count() // jobs))
         env["OMP_NUM_THREADS"] = threads
         env["MKL_NUM_THREADS"] = threads
@@ -162,9 +160,14 @@ def _child_main(argv: list[str]) -> int:
     _watch_parent()
     run_dir = Path(args.run_dir)
     lock = FileLock(run_dir / ".lock")
-    if not lock.acquire(blocking=False):
-        print(f"=== waiting: another process is training {run_dir}", flush=True)
-        lock.acquire(blocking=True)
+    from sslzoo.errors import SSLZooError
+    try:   # False only while another process holds it; a file system that cannot lock raises
+        if not lock.acquire(blocking=False):
+            print(f"=== waiting: another process is training {run_dir}", flush=True)
+            lock.acquire(blocking=True)
+    except SSLZooError as exc:
+        print(f"sslzoo train: error: {exc}", file=sys.stderr, flush=True)
+        return 2
     state, _ = inspect_run(run_dir, args.hash, args.retry_failed)
     if state == DONE:
         print(f"=== {run_dir} was completed by another process", flush=True)
@@ -215,7 +218,7 @@ def _watch_parent(interval: float = 1.0) -> None:
     """Stop (SIGTERM: checkpoint, then exit) when the bench that started this run dies.
 
     Why: a killed bench must not leave runs training in the background. PR_SET_PDEATHSIG
-    covers direct children on Linux; the polling thread also covers fork-server children
+    covers direct children on Linux; the polling thread also covers a run whose parent changed
     and other systems.
     """
     parent = os.environ.get(PARENT_ENV)
@@ -252,56 +255,11 @@ def _watch_parent(interval: float = 1.0) -> None:
     threading.Thread(target=watch, name="bench-watchdog", daemon=True).start()
 
 
-def _forked_child(argv: list[str], log_path: str, env: dict[str, str]) -> None:
-    """Target of a fork-server child: the same as ``python -m sslzoo.bench.runner ARGS`` without
-    paying the interpreter + torch start-up again (the fork server imported them once)."""
-    fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os.dup2(fd, 1)
-    os.dup2(fd, 2)
-    os.close(fd)
-    os.environ.clear()
-    os.environ.update(env)
-    if env.get("OMP_NUM_THREADS"):
-        import torch
-        torch.set_num_threads(int(env["OMP_NUM_THREADS"]))
-    code = _child_main(argv)
-    sys.stdout.flush()
-    sys.stderr.flush()
-    sys.exit(code)
+class SubprocessLauncher:
+    """Runs a cell as ``python -m sslzoo.bench.runner ...``: a fresh interpreter per run, whose
+    environment (``CUDA_VISIBLE_DEVICES``, ``OMP_NUM_THREADS``) is in place before it starts."""
 
-
-def _forget_inherited_forkserver() -> None:
-    """In a process forked from one that had started a fork server, start our own.
-
-    multiprocessing's fork-server handle is a module-level singleton; a forked copy
-    inherits it but cannot wait on the server (not its child), so ensure_running()
-    raises ChildProcessError. Resetting the handle makes it start a fresh server.
-    """
-    from multiprocessing import forkserver
-    fs = getattr(forkserver, "_forkserver", None)
-    pid = getattr(fs, "_forkserver_pid", None)
-    if pid is None:
-        return
-    try:
-        os.waitpid(pid, os.WNOHANG)
-        return
-    except ChildProcessError:
-        pass
-    alive = getattr(fs, "_forkserver_alive_fd", None)
-    if alive is not None:
-        try:
-            os.close(alive)
-        except OSError:
-            pass
-    fs._forkserver_pid = fs._forkserver_address = fs._forkserver_alive_fd = None
-
-
-class _Exec:
-    """Runs a child as ``python -m sslzoo.bench.runner ...`` (a fresh interpreter)."""
-
-    def __init__(self, python: str):
+    def __init__(self, python: str = sys.executable):
         self.python = python
 
     def start(self, args: list[str], log_path: Path, env: dict[str, str]):
@@ -318,89 +276,12 @@ class _Exec:
         return handle.pid
 
 
-try:
-    from multiprocessing import context as _mp_context
-    from multiprocessing import popen_forkserver as _mp_popen_forkserver
-    from multiprocessing import spawn as _mp_spawn
-
-    class _ForkServerPopen(_mp_popen_forkserver.Popen):
-        def _launch(self, process_obj):  # noqa: ANN001
-            # The target lives in this importable module, so the child must not re-import the
-            # bench's __main__ (a user script calling sslzoo.cli.main() without an
-            # `if __name__ == "__main__"` guard would otherwise run again in every child).
-            original = _mp_spawn.get_preparation_data
-
-            def without_main(name: str) -> dict:
-                data = original(name)
-                data.pop("init_main_from_path", None)
-                data.pop("init_main_from_name", None)
-                return data
-            _mp_spawn.get_preparation_data = without_main
-            try:
-                super()._launch(process_obj)
-            finally:
-                _mp_spawn.get_preparation_data = original
-
-    class _ForkServerRun(_mp_context.ForkServerProcess):
-        @staticmethod
-        def _Popen(process_obj):  # noqa: ANN001, N802
-            return _ForkServerPopen(process_obj)
-except (ImportError, AttributeError):   # no fork server on this platform
-    _ForkServerRun = None  # type: ignore[assignment,misc]
-
-
-class _Fork:
-    """Runs a child forked from a fork server that has imported torch and sslzoo once.
-
-    Same isolation as a subprocess (own process, own log, a crash kills only the run);
-    saves the interpreter + torch import per run (seconds each on a small machine).
-    """
-
-    PRELOAD = ["sslzoo.cli", "sslzoo.trainer", "sslzoo.algorithms", "sslzoo.policies", "sslzoo.models",
-               "sslzoo.data.fer", "sslzoo.data.builtin", "sslzoo.bench.runner"]
-
-    def __init__(self):
-        import multiprocessing
-        if _ForkServerRun is None:
-            raise RuntimeError("this Python has no multiprocessing fork server; use SSLZOO_BENCH_LAUNCH=exec")
-        multiprocessing.get_context("forkserver").set_forkserver_preload(self.PRELOAD)
-        self._start_lock = threading.Lock()   # also guards the patch in _ForkServerPopen
-
-    def warm_up(self) -> None:
-        """Start the fork server now, so its imports overlap with the bench's own set-up."""
-        from multiprocessing import forkserver
-        _forget_inherited_forkserver()
-        forkserver.ensure_running()
-
-    def start(self, args: list[str], log_path: Path, env: dict[str, str]):
-        proc = _ForkServerRun(target=_forked_child, args=(args, str(log_path), env), name="sslzoo-run")
-        with self._start_lock:
-            proc.start()
-        return proc
-
-    @staticmethod
-    def wait(handle) -> int:
-        handle.join()
-        return int(handle.exitcode if handle.exitcode is not None else 1)
-
-    @staticmethod
-    def pid(handle) -> int:
-        return handle.pid
-
-
-def make_launcher(kind: str | None = None, python: str = sys.executable):
-    """``fork`` (Linux default) or ``exec``; ``SSLZOO_BENCH_LAUNCH`` overrides the default."""
-    kind = kind or os.environ.get("SSLZOO_BENCH_LAUNCH") or ("fork" if sys.platform.startswith("linux") else "exec")
-    if kind == "fork":
-        return _Fork()
-    if kind == "exec":
-        return _Exec(python)
-    from ..errors import SSLZooError
-    raise SSLZooError(f"SSLZOO_BENCH_LAUNCH must be 'fork' or 'exec'; got '{kind}'.")
-
-
 def lock_busy(run_dir: Path) -> bool:
-    """Whether another process is training this run folder right now."""
+    """Whether another process is training this run folder right now.
+
+    Raises SSLZooError where the folder cannot be locked at all (FileLock): reporting that
+    as "busy" made a bench defer every run.
+    """
     lock = FileLock(run_dir / ".lock")
     if lock.acquire(blocking=False):
         lock.release()
@@ -449,7 +330,7 @@ class BenchRunner:
         self.plugins = list(plugins)
         self.progress = progress
         self.retry_failed = retry_failed
-        self.launcher = launcher if launcher is not None else make_launcher()
+        self.launcher = launcher if launcher is not None else SubprocessLauncher()
         self.poll_s = poll_s
         self.on_result = on_result
         self._echo = echo
@@ -475,8 +356,6 @@ class BenchRunner:
                 todo.append(cell)
         if not todo:
             return summary
-        if hasattr(self.launcher, "warm_up"):
-            self.launcher.warm_up()
         if self.before_launch is not None:
             self.before_launch(todo)
         if any(str(c.cfg.get("device")) in ("auto", "cuda") for c in todo):
@@ -604,15 +483,15 @@ class BenchRunner:
         # depend on its thread count, so the last run of a bench (or a resumed one) must get the
         # same share as it would have had in the full grid.
         if cfg.get("num_workers") == -1 and self.jobs > 1:
-            cfg["num_workers"] = max(0, min(4, cpu_count() // self.jobs - 1))
+            from ..device import default_workers
+            cfg["num_workers"] = default_workers(self.jobs)
         write_text(run_dir / CELL_CONFIG, yaml.safe_dump(cfg, sort_keys=False))
         args = child_args(run_dir, cfg_hash, self.plugins, self.retry_failed)
         env = child_env(dict(os.environ), jobs=self.jobs, slot=slot, device=str(cfg.get("device")),
                         gpus=self._gpus)
         gpu = f" on GPU {env['CUDA_VISIBLE_DEVICES']}" if self._gpus and "CUDA_VISIBLE_DEVICES" in env else ""
         self._append_log(run_dir, f"{'resuming' if state == RESUME else 'starting'} {cell.describe()}{gpu} "
-                                  f"({type(self.launcher).__name__.strip('_').lower()}: sslzoo.bench.runner "
-                                  f"{' '.join(args)})")
+                                  f"(python -m sslzoo.bench.runner {' '.join(args)})")
         handle = self.launcher.start(args, run_dir / LOG, env)
         with self._lock:
             self._procs[slot] = handle

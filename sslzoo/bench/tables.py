@@ -9,11 +9,21 @@ Conventions
 -----------
 * Only runs with ``status == "finished"`` count. Diverged / failed / running runs
   are excluded and counted; the counts go into ``summary.attrs["excluded"]`` and
-  into the table caption. A (method, data set, labels) setting whose runs were all
-  excluded still gets a row (n=0) so it shows as "–" instead of silently vanishing.
-* Duplicate finished rows for the same (method, dataset, labels, seed) keep the
-  *last* row (the results store appends, so last = newest) and are counted in
-  ``attrs["n_duplicates"]``.
+  into the table caption. A (method, setting) whose runs were all excluded still
+  gets a row (n=0) so it shows as "–" instead of silently vanishing.
+* Runs are grouped by **(method, setting)**, where the setting is the results'
+  ``setting`` column (the suite setting's id, e.g. ``sfew-100`` and
+  ``sfew-100-extra``: SFEW without and with RAF-DB as extra unlabeled data share a
+  data set and a label count but are different experiments). Without that column
+  (an older or hand-made frame) the setting is ``<dataset>-<labels>``. A table
+  column is named ``<dataset> (<labels>)`` as before, unless two settings share the
+  data set and label count: then each of those columns is named by its setting.
+* Duplicate finished rows for the same (method, setting, seed) do not arise in a
+  bench folder (one row file per run folder, and a run folder is one method,
+  setting and seed); they come from results files concatenated by hand or run
+  folders copied within ``runs/``. The row that comes last in the input is kept
+  (no row is "newer" than another), and the count goes into
+  ``attrs["n_duplicates"]`` and the caption.
 * A run whose metric is NaN (e.g. ``val_selected_acc`` without a validation split)
   does not count for that metric (``attrs["n_missing_metric"]``).
 * **std over seeds uses ddof=1 (sample standard deviation)** by default
@@ -26,7 +36,7 @@ Conventions
   the paired t-test below uses. Pass ``ddof=0`` to :func:`summarize` to reproduce
   USB/TorchSSL-style numbers; the caption always states which one was used.
   A cell with n=1 has no std (NaN) and prints as the mean only.
-* ``delta`` = method mean - baseline mean in the same (dataset, labels) setting,
+* ``delta`` = method mean - baseline mean in the same setting,
   each over all of its own finished seeds. ``p_value`` is a two-sided paired
   t-test (``scipy.stats.ttest_rel``) over the seeds *both* have (pairing by seed:
   same seed = same labeled split and init), ``n_paired`` says how many.
@@ -51,9 +61,10 @@ import logging
 import math
 import os
 import warnings
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -78,7 +89,7 @@ STD_DDOF = 1
 #: differences below this (accuracy points) count as zero in the p-value special cases.
 ZERO_TOL = 1e-9
 
-SUMMARY_COLUMNS = ["method", "dataset", "labels", "metric", "mean", "std", "n",
+SUMMARY_COLUMNS = ["method", "dataset", "labels", "setting", "metric", "mean", "std", "n",
                    "delta", "p_value", "n_paired", "ddof"]
 COMPARISON_COLUMNS = SUMMARY_COLUMNS
 MISSING = "–"  # en dash, for cells without finished runs
@@ -121,9 +132,22 @@ def _as_label(x: Any) -> Any:
     return int(f) if math.isfinite(f) and f.is_integer() else x
 
 
+def setting_ids(df: pd.DataFrame) -> pd.Series:
+    """Each row's setting: the ``setting`` column where set, else ``<dataset>-<labels>``.
+
+    Why the fallback: results.csv files written before the column existed, and frames
+    built by hand, have no setting; for them a data set and label count is the setting.
+    """
+    fallback = df["dataset"].astype(str) + "-" + df["labels"].map(lambda x: str(_as_label(x)))
+    if "setting" not in df.columns:
+        return fallback
+    given = df["setting"].map(lambda x: "" if pd.isna(x) else str(x))
+    return given.where(given != "", fallback)
+
+
 def summarize(df: pd.DataFrame, metric: str = "final", baseline: str | None = "supervised",
               ddof: int = STD_DDOF) -> pd.DataFrame:
-    """Aggregate runs over seeds: one row per (method, dataset, labels), long format.
+    """Aggregate runs over seeds: one row per (method, setting), long format.
 
     Columns: see :data:`SUMMARY_COLUMNS`. ``attrs`` carries metric, ddof, baseline,
     ``excluded`` (status -> count of non-finished rows), ``n_excluded``,
@@ -137,12 +161,13 @@ def summarize(df: pd.DataFrame, metric: str = "final", baseline: str | None = "s
 
     data = df[required].copy()
     data["labels"] = data["labels"].map(_as_label)
+    data["setting"] = setting_ids(df)
     data["status"] = data["status"].astype(str)
     finished = data["status"] == "finished"
     excluded = {str(k): int(v) for k, v in data.loc[~finished, "status"].value_counts().items()}
     fin = data[finished]
     n_before = len(fin)
-    fin = fin.drop_duplicates(["method", "dataset", "labels", "seed"], keep="last")
+    fin = fin.drop_duplicates(["method", "setting", "seed"], keep="last")
     n_dup = n_before - len(fin)
     values = pd.to_numeric(fin[col], errors="coerce")
     ok = np.isfinite(values.to_numpy(dtype=float))
@@ -151,37 +176,40 @@ def summarize(df: pd.DataFrame, metric: str = "final", baseline: str | None = "s
     if excluded:
         log.info("summarize: excluded %d non-finished run(s): %s", sum(excluded.values()), excluded)
     if n_dup:
-        log.warning("summarize: %d duplicate finished run(s) (same method/dataset/labels/seed); kept the last", n_dup)
+        log.warning("summarize: %d duplicate finished run(s) (same method/setting/seed); kept the last", n_dup)
 
     # Every setting that appears in the input gets a row, even with no finished runs.
     method_order = _first_appearance(data["method"])
     dataset_order = _first_appearance(data["dataset"])
-    keys = data[["method", "dataset", "labels"]].drop_duplicates()
+    setting_order = _first_appearance(data["setting"])
+    keys = data[["method", "setting", "dataset", "labels"]].drop_duplicates(["method", "setting"])
     keys = keys.assign(_m=keys["method"].map(method_order.index),
-                       _d=keys["dataset"].map(dataset_order.index))
-    keys = keys.sort_values(["_m", "_d", "labels"], kind="stable")
+                       _d=keys["dataset"].map(dataset_order.index),
+                       _s=keys["setting"].map(setting_order.index))
+    keys = keys.sort_values(["_m", "_d", "labels", "_s"], kind="stable")
 
     per_seed: dict[tuple, pd.Series] = {
-        k: g.set_index("seed")["_v"] for k, g in fin.groupby(["method", "dataset", "labels"], sort=False)
+        k: g.set_index("seed")["_v"] for k, g in fin.groupby(["method", "setting"], sort=False)
     }
     if baseline is not None and baseline not in set(data["method"]):
         log.warning("summarize: baseline %r not in the results; delta and p_value are NaN", baseline)
 
     rows = []
-    for m, d, lab in keys[["method", "dataset", "labels"]].itertuples(index=False):
-        v = per_seed.get((m, d, lab), pd.Series(dtype=float))
+    for m, st, d, lab in keys[["method", "setting", "dataset", "labels"]].itertuples(index=False):
+        v = per_seed.get((m, st), pd.Series(dtype=float))
         n = len(v)
         mean = float(v.mean()) if n else math.nan
         std = float(v.std(ddof=ddof)) if n >= 2 else math.nan
         delta, p, n_paired = math.nan, math.nan, 0
-        base = per_seed.get((baseline, d, lab)) if baseline is not None else None
+        base = per_seed.get((baseline, st)) if baseline is not None else None
         if n and base is not None and len(base):
             delta = mean - float(base.mean())
             if m != baseline:
                 common = v.index.intersection(base.index)
                 n_paired = len(common)
                 p = _paired_p(v.loc[common].to_numpy(float), base.loc[common].to_numpy(float))
-        rows.append({"method": m, "dataset": d, "labels": lab, "metric": key, "mean": mean, "std": std,
+        rows.append({"method": m, "dataset": d, "labels": lab, "setting": st, "metric": key,
+                     "mean": mean, "std": std,
                      "n": n, "delta": delta, "p_value": p, "n_paired": n_paired, "ddof": ddof})
     out = pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
     out.attrs.update({"metric": key, "metric_column": col, "ddof": ddof, "baseline": baseline,
@@ -237,7 +265,7 @@ def _excluded_text(attrs: dict) -> str:
 
 
 def _caption(metric_key: str, ddof: int, n_mode: int | None, varying_n: bool, attrs: dict,
-             gains_label: str | None, baseline: str | None, kind: str = "md") -> str:
+             gains_label: str | None, baseline: str | None, kind: str = "md", shared: bool = False) -> str:
     """One caption sentence set for every format; the CSV variant stays ASCII (Excel and UTF-8)."""
     pm = "+/-" if kind == "csv" else "±"
     _, _, desc = resolve_metric(metric_key)
@@ -247,13 +275,44 @@ def _caption(metric_key: str, ddof: int, n_mode: int | None, varying_n: bool, at
     if n_mode is not None:
         marked = varying_n and kind != "csv"
         parts.append(f"n = {n_mode} seeds per cell" + (" unless marked (n=k)." if marked else "."))
-    parts.append("Columns: data set (number of labeled samples).")
+    parts.append("Columns: data set (number of labeled samples)"
+                 + ("; settings that share both are named by their setting." if shared else "."))
     if kind != "csv":
         parts.append("Best mean per column in bold.")
     if gains_label:
         parts.append(f"'{gains_label}': best mean minus the {baseline} mean in that column.")
     parts.append(_excluded_text(attrs))
     return " ".join(parts)
+
+
+class Column(NamedTuple):
+    """A table column: one setting. ``shared``: another column has the same data set and labels."""
+
+    setting: str
+    dataset: str
+    labels: Any
+    shared: bool
+
+    @property
+    def head(self) -> str:
+        """``<dataset> (<labels>)``, or the setting's id where that would not tell columns apart."""
+        return self.setting if self.shared else f"{self.dataset} ({self.labels})"
+
+    @property
+    def csv_prefix(self) -> str:
+        return self.setting if self.shared else f"{self.dataset}/{self.labels}"
+
+
+def table_columns(summary: pd.DataFrame) -> list[Column]:
+    """The settings of ``summary`` as columns: by data set (first appearance), label count, setting."""
+    datasets = _first_appearance(summary["dataset"])
+    order = _first_appearance(summary["setting"])
+    first = summary.drop_duplicates("setting")
+    triples = sorted(((st, d, _as_label(lab))
+                      for st, d, lab in zip(first["setting"], first["dataset"], first["labels"])),
+                     key=lambda t: (datasets.index(t[1]), t[2], order.index(t[0])))
+    count = Counter((d, lab) for _, d, lab in triples)
+    return [Column(st, d, lab, count[(d, lab)] > 1) for st, d, lab in triples]
 
 
 def render_table(summary: pd.DataFrame, fmt: str = "md", methods_order: Sequence[str] | None = None,
@@ -265,6 +324,8 @@ def render_table(summary: pd.DataFrame, fmt: str = "md", methods_order: Sequence
     * ``methods_order`` selects *and* orders rows; a listed method without results
       gets a row of "–" (logged), unlisted methods are left out. Default: order of
       first appearance.
+    * Columns are settings (see the module docstring for their names); a summary without a
+      ``setting`` column gets ``<dataset>-<labels>``.
     * Cells are ``mean±std`` (2 decimals); ``(n=k)`` is appended where k differs from
       the most common seed count in the table; the best mean per column (ties at 2
       decimals included, only when >= 2 methods have a value) is bold.
@@ -274,7 +335,8 @@ def render_table(summary: pd.DataFrame, fmt: str = "md", methods_order: Sequence
       :func:`comparison_csv`.
     * ``fmt="csv"`` is wide and numeric for spreadsheets: first line is the caption as a
       ``# ...`` comment (read with ``pd.read_csv(path, skiprows=1)``), then ``method``
-      and three columns per setting, ``<dataset>/<labels>/mean|std|n``; no bold.
+      and three columns per setting, ``<dataset>/<labels>/mean|std|n`` (``<setting>/mean|std|n``
+      for a column named by its setting); no bold.
     """
     kind = _FORMATS.get(str(fmt).lower())
     if kind is None:
@@ -283,7 +345,7 @@ def render_table(summary: pd.DataFrame, fmt: str = "md", methods_order: Sequence
     missing = [c for c in ("method", "dataset", "labels", "mean", "std", "n") if c not in summary.columns]
     if missing:
         raise SSLZooError(f"summary lacks column(s) {missing}; build it with summarize()")
-    s = summary
+    s = summary if "setting" in summary.columns else summary.assign(setting=setting_ids(summary))
     if "metric" in s.columns:
         present = _first_appearance(s["metric"])
         if metric is None:
@@ -305,23 +367,20 @@ def render_table(summary: pd.DataFrame, fmt: str = "md", methods_order: Sequence
         if absent:
             log.warning("render_table: no results for method(s) %s; their rows show '%s'", absent, MISSING)
     # columns: settings in which at least one shown method has a summary row (even n=0)
-    cols_src = s[s["method"].isin(methods)]
-    datasets = _first_appearance(cols_src["dataset"])
-    settings = sorted({(d, _as_label(lab)) for d, lab in zip(cols_src["dataset"], cols_src["labels"])},
-                      key=lambda t: (datasets.index(t[0]), t[1]))
+    settings = table_columns(s[s["method"].isin(methods)])
 
-    cells: dict[tuple, tuple[float, float, int]] = {}
+    cells: dict[tuple[str, str], tuple[float, float, int]] = {}
     for r in s.itertuples(index=False):
-        cells[(r.method, r.dataset, _as_label(r.labels))] = (float(r.mean), float(r.std), int(r.n))
+        cells[(r.method, r.setting)] = (float(r.mean), float(r.std), int(r.n))
     shown = {k: v for k, v in cells.items() if k[0] in methods and v[2] > 0 and math.isfinite(v[0])}
     n_mode = _modal_n([v[2] for v in shown.values()])
     varying_n = len({v[2] for v in shown.values()}) > 1
 
-    best: dict[tuple, float] = {}
-    for st in settings:
-        vals = [round(shown[(m, *st)][0], 2) for m in methods if (m, *st) in shown]
+    best: dict[str, float] = {}
+    for col in settings:
+        vals = [round(shown[(m, col.setting)][0], 2) for m in methods if (m, col.setting) in shown]
         if len(vals) >= 2:
-            best[st] = max(vals)
+            best[col.setting] = max(vals)
 
     gains_row: list[float] | None = None
     gains_label = None
@@ -331,40 +390,41 @@ def render_table(summary: pd.DataFrame, fmt: str = "md", methods_order: Sequence
         else:
             gains_label = f"Gain over {baseline}"
             gains_row = []
-            for st in settings:
-                b = cells.get((baseline, *st))
-                others = [cells[k][0] for k in cells
-                          if k[1:] == st and k[0] != baseline and k[0] in methods and cells[k][2] > 0 and math.isfinite(cells[k][0])]
+            for col in settings:
+                b = cells.get((baseline, col.setting))
+                others = [v[0] for k, v in cells.items() if k[1] == col.setting and k[0] != baseline
+                          and k[0] in methods and v[2] > 0 and math.isfinite(v[0])]
                 ok = b is not None and b[2] > 0 and math.isfinite(b[0]) and others
                 gains_row.append(max(others) - b[0] if ok else math.nan)
 
-    caption = _caption(metric_key, ddof, n_mode, varying_n, attrs, gains_label, baseline, kind)
+    caption = _caption(metric_key, ddof, n_mode, varying_n, attrs, gains_label, baseline, kind,
+                       shared=any(col.shared for col in settings))
 
-    def cell_text(m: str, st: tuple, pm: str) -> tuple[str, bool]:
-        v = shown.get((m, *st))
+    def cell_text(m: str, col: Column, pm: str) -> tuple[str, bool]:
+        v = shown.get((m, col.setting))
         if v is None:
             return MISSING, False
         mean, std, n = v
         txt = _fmt_num(mean) if not math.isfinite(std) else f"{_fmt_num(mean)}{pm}{_fmt_num(std)}"
         if varying_n and n != n_mode:
             txt += f" (n={n})"
-        return txt, st in best and round(mean, 2) == best[st]
+        return txt, col.setting in best and round(mean, 2) == best[col.setting]
 
     if kind == "csv":
         return _render_csv(caption, methods, settings, shown, gains_label, gains_row)
     if kind == "md":
         return _render_md(caption, methods, settings, cell_text, gains_label, gains_row)
-    return _render_latex(caption, metric_key, methods, settings, datasets, cell_text, gains_label, gains_row)
+    return _render_latex(caption, metric_key, methods, settings, cell_text, gains_label, gains_row)
 
 
 def _render_md(caption, methods, settings, cell_text, gains_label, gains_row) -> str:
-    header = ["Method"] + [f"{_escape_md(d)} ({lab})" for d, lab in settings]
+    header = ["Method"] + [_escape_md(col.head) for col in settings]
     lines = [f"*{caption}*", "", "| " + " | ".join(header) + " |",
              "|" + "|".join([":---"] + [":---:"] * len(settings)) + "|"]
     for m in methods:
         row = [_escape_md(m)]
-        for st in settings:
-            txt, bold = cell_text(m, st, "±")
+        for col in settings:
+            txt, bold = cell_text(m, col, "±")
             row.append(f"**{txt}**" if bold else txt)
         lines.append("| " + " | ".join(row) + " |")
     if gains_row is not None:
@@ -373,15 +433,14 @@ def _render_md(caption, methods, settings, cell_text, gains_label, gains_row) ->
     return "\n".join(lines) + "\n"
 
 
-def _render_latex(caption, metric_key, methods, settings, datasets, cell_text, gains_label, gains_row) -> str:
+def _render_latex(caption, metric_key, methods, settings, cell_text, gains_label, gains_row) -> str:
     ncol = len(settings)
 
     def row_start(text: str) -> str:
         esc = _escape_latex(text)
         return "{}" + esc if esc.startswith("[") else esc  # a leading [ would be read as \\[...]
 
-    groups = [(d, sum(1 for st in settings if st[0] == d)) for d in datasets]
-    groups = [g for g in groups if g[1]]
+    groups = list(Counter(col.dataset for col in settings).items())   # columns are grouped by data set
     lines = ["% requires \\usepackage{booktabs}", "\\begin{table}[t]", "\\centering",
              f"\\caption{{{_escape_latex(caption)}}}", f"\\label{{tab:sslzoo-{metric_key}}}",
              "\\begin{tabular}{l" + "c" * ncol + "}", "\\toprule"]
@@ -391,12 +450,13 @@ def _render_latex(caption, metric_key, methods, settings, datasets, cell_text, g
         rules.append(f"\\cmidrule(lr){{{col}-{col + k - 1}}}")
         col += k
     lines.append(" ".join(rules))
-    lines.append("Method & " + " & ".join(str(lab) for _, lab in settings) + " \\\\")
+    lines.append("Method & " + " & ".join(_escape_latex(col.setting) if col.shared else str(col.labels)
+                                          for col in settings) + " \\\\")
     lines.append("\\midrule")
     for m in methods:
         row = [row_start(m)]
-        for st in settings:
-            txt, bold = cell_text(m, st, "±")
+        for col in settings:
+            txt, bold = cell_text(m, col, "±")
             txt = _escape_latex(txt)
             row.append(f"\\textbf{{{txt}}}" if bold else txt)
         lines.append(" & ".join(row) + " \\\\")
@@ -418,13 +478,13 @@ def _render_csv(caption, methods, settings, shown, gains_label, gains_row) -> st
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(["# " + caption])
     header = ["method"]
-    for d, lab in settings:
-        header += [f"{d}/{lab}/mean", f"{d}/{lab}/std", f"{d}/{lab}/n"]
+    for col in settings:
+        header += [f"{col.csv_prefix}/mean", f"{col.csv_prefix}/std", f"{col.csv_prefix}/n"]
     w.writerow(header)
     for m in methods:
         row = [m]
-        for st in settings:
-            v = shown.get((m, *st))
+        for col in settings:
+            v = shown.get((m, col.setting))
             row += ["", "", ""] if v is None else [_num(v[0]), _num(v[1]), str(v[2])]
         w.writerow(row)
     if gains_row is not None:
@@ -469,5 +529,5 @@ def write_tables(df: pd.DataFrame, out_dir: str | os.PathLike, metric: str = "fi
     return paths
 
 
-__all__ = ["METRICS", "METRIC_ALIASES", "STD_DDOF", "SUMMARY_COLUMNS", "resolve_metric", "summarize",
-           "render_table", "comparison_csv", "write_tables"]
+__all__ = ["METRICS", "METRIC_ALIASES", "STD_DDOF", "SUMMARY_COLUMNS", "Column", "resolve_metric", "setting_ids",
+           "summarize", "table_columns", "render_table", "comparison_csv", "write_tables"]

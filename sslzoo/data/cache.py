@@ -15,6 +15,11 @@ key; old entries are never overwritten, only superseded.
 Crash safety: an entry is built in ``decoded/.tmp-<key>-<pid>-<rand>/`` and
 renamed into place only when ``images.npy`` and ``meta.json`` are both complete,
 so an interrupted or failed build never leaves an entry that looks usable.
+
+One build per entry: the builder holds ``locks/decoded-<key>.lock`` in the cache folder
+(an flock, dropped by the kernel if it dies; kept out of ``decoded/`` so that folder
+holds only entries), so N runs starting together on a cold cache (``sslzoo bench
+--jobs N``) decode a data set once; the others wait, then read the finished entry.
 """
 from __future__ import annotations
 
@@ -37,6 +42,7 @@ import numpy as np
 from PIL import Image
 
 from ..errors import SSLZooError
+from ..io import FileLock, LockUnsupportedError
 from ..paths import cache_dir
 
 DECODER_VERSION = 1          # bump whenever decode_one's output for the same file changes
@@ -307,10 +313,47 @@ def get_or_build(key: str, build: Callable[[Path | None], tuple[np.ndarray, dict
     droot = decoded_root()
     final = droot / key
     entry = _load_entry(final)
-    if entry is not None:
-        if policy:
-            policy.check(entry.meta["skipped"], entry.meta["total"], root=root)
-        return entry
+    if entry is None:
+        lock = _build_lock(key)
+        try:
+            entry = _load_entry(final)    # built by another process while this one waited
+            if entry is None:
+                return _build_entry(droot, key, build, policy=policy, root=root)
+        finally:
+            if lock is not None:
+                lock.release()
+    if policy:
+        policy.check(entry.meta["skipped"], entry.meta["total"], root=root)
+    return entry
+
+
+def _build_lock(key: str) -> FileLock | None:
+    """Hold ``cache_dir()/locks/decoded-<key>.lock`` so that one process decodes ``key`` while others wait.
+
+    Where the cache's file system cannot lock (a shared cache on NFS without a lock daemon)
+    this returns None and the entry is built unlocked, with a warning: that was always safe
+    (entries are renamed into place whole), it only costs one decode per process.
+    """
+    folder = cache_dir() / "locks"
+    folder.mkdir(exist_ok=True)
+    lock = FileLock(folder / f"decoded-{key}.lock")
+    try:
+        if not lock.acquire(blocking=False):
+            print(f"[sslzoo] another process is decoding {key}; waiting for it to finish",
+                  file=sys.stderr, flush=True)
+            lock.acquire(blocking=True)
+    except LockUnsupportedError:
+        warnings.warn(f"The decode cache {folder.parent} cannot lock (its file system does not support file "
+                      f"locks), so parallel runs may each decode {key}. Results are unaffected; to decode "
+                      f"once, set SSLZOO_CACHE to a folder on a local disk.", stacklevel=4)
+        return None
+    return lock
+
+
+def _build_entry(droot: Path, key: str, build: Callable[[Path | None], tuple[np.ndarray, dict[str, Any]]], *,
+                 policy: BadImagePolicy | None, root: str | Path) -> CacheEntry:
+    """Build entry ``key`` in a temporary folder and rename it into place (under the build lock)."""
+    final = droot / key
     if final.exists():                    # unreadable / old-format entry: replace it
         shutil.rmtree(final, ignore_errors=True)
     _clean_stale_tmp(droot)

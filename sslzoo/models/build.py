@@ -23,21 +23,18 @@ def accepted_options(factory: Callable[..., nn.Module]) -> set[str] | None:
 def build_backbone(cfg: dict[str, Any], num_classes: int, image_size: int) -> nn.Module:
     """Call the registered factory with the section's options, warning about the ones it ignores.
 
+    A pretraining recipe in ``pretrained`` must already be resolved to ``weights``
+    (``sslzoo.factory.build_model`` does it: pretraining sits above the backbones).
+
     Why a warning and not an error: a data set's YAML sets options for its default backbone
     (synthfer: ``width`` for smallcnn), and one ``--set backbone.weights=...`` serves a whole
     suite whose rows mix backbones (paper/table4). Those keys must not stop a run that switches
     backbone, but a typo (``widht``) must not pass unnoticed either.
     """
-    from ..pretrain.store import recipe_name, resolve_pretrained   # here: sslzoo.pretrain builds backbones
     name = cfg["name"]
     factory = BACKBONES.get(name)
     accepted = accepted_options(factory)
-    recipe = recipe_name(cfg)
-    if recipe is not None and accepted is not None and "weights" not in accepted:
-        raise SSLZooError(f"backbone '{name}' takes no weights file, so backbone.pretrained={recipe} cannot "
-                          f"start it from pretrained weights (it takes: {', '.join(sorted(accepted))}).")
-    resolved = resolve_pretrained(cfg, image_size)     # a recipe name -> weights=<its cached file>
-    options = {k: v for k, v in resolved.items() if k != "name" and v is not None}
+    options = {k: v for k, v in cfg.items() if k != "name" and v is not None}
     if name == "resnet18" and "small_input" not in options:
         options["small_input"] = image_size <= 64
     if "pretrained" in options and accepted is not None and "pretrained" not in accepted:

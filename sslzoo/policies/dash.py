@@ -114,7 +114,7 @@ class DashThreshold(ThresholdPolicy):
                 raise ValueError("The dash policy estimates rho_hat from PolicyInput.labeled_loss "
                                  "(per-sample supervised CE), which this algorithm does not pass.")
             loss = inp.labeled_loss.detach().double()
-            total = ctx.dist.all_reduce(torch.stack([loss.sum(), loss.new_tensor(float(loss.numel()))]))
+            total = ctx.dist.all_reduce(torch.stack([loss.sum(), loss.new_full((), float(loss.numel()))]))
             self.loss_sum = self.loss_sum + total[0].to(self.loss_sum.device)
             self.loss_count = self.loss_count + total[1].to(self.loss_count.device)
             self.rho = torch.full((), float("nan"), device=self.loss_sum.device)

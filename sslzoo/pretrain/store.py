@@ -27,7 +27,7 @@ from torch import nn
 from ..errors import SSLZooError
 from ..io import FileLock, atomic_write
 from ..paths import cache_dir
-from ..registry import PRETRAINED
+from ..registry import BACKBONES, PRETRAINED
 
 HEAD_OPTIONS = ("weights", "pretrained", "dropout", "normalize_feature")   # not part of the trained layers
 FORMAT = "sslzoo-pretrained-1"
@@ -82,20 +82,19 @@ def weights_key(name: str, backbone_cfg: dict[str, Any], image_size: int, device
                     "image_size": int(image_size), "device": device_type})
 
 
-def weights_path(name: str, backbone_cfg: dict[str, Any], image_size: int, device_type: str | None = None) -> Path:
-    """Where the weights for this recipe, backbone and image size live (whether built or not)."""
-    device_type = device_type or build_device().type
+def weights_path(name: str, backbone_cfg: dict[str, Any], image_size: int, device_type: str) -> Path:
+    """Where the weights for this recipe, backbone, image size and device type live (whether built or not)."""
     return cache_dir() / "pretrained" / f"{name.lower()}-{weights_key(name, backbone_cfg, image_size, device_type)}.pt"
 
 
-def build_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def pretrained_weights(name: str, backbone_cfg: dict[str, Any], image_size: int,
+def pretrained_weights(name: str, backbone_cfg: dict[str, Any], image_size: int, device_type: str,
                        log: Callable[[str], None] = say) -> Path:
-    """The weights file of recipe ``name`` for this backbone, training it first if it is not cached."""
-    device = build_device()
+    """The weights file of recipe ``name`` for this backbone, trained on ``device_type`` first if not cached.
+
+    The run's own device type: a ``--device cpu`` run on a GPU machine fine-tunes CPU-built
+    weights, and the key (hence the file) says which device built them.
+    """
+    device = torch.device(device_type)
     path = weights_path(name, backbone_cfg, image_size, device.type)
     if is_built(path):
         return path
@@ -115,18 +114,24 @@ def pretrained_weights(name: str, backbone_cfg: dict[str, Any], image_size: int,
 
 def train_recipe(name: str, recipe: PretrainRecipe, backbone_cfg: dict[str, Any], image_size: int,
                  device: torch.device, log: Callable[[str], None]) -> dict[str, torch.Tensor]:
-    """Train a fresh backbone with ``recipe``; its state dict without the (discarded) head."""
+    """Train a fresh backbone with ``recipe``; its state dict without the (discarded) head.
+
+    Under its own random stream (``fork_rng``): the caller's generators (a run that was seeded
+    before its weights were found missing) are left exactly as they were.
+    """
     from ..data.prepare import load_bundle
     from ..models.build import build_backbone
     bundle = load_bundle(recipe.dataset, None, image_size, {})
     images = torch.from_numpy(np.ascontiguousarray(bundle.train.images)).permute(0, 3, 1, 2).contiguous()
     threads = torch.get_num_threads()
     torch.set_num_threads(recipe.threads)
+    cuda = [device] if device.type == "cuda" else []
     try:
-        torch.manual_seed(recipe.seed)
-        model: nn.Module = build_backbone({**architecture(backbone_cfg), "dropout": 0.0, "normalize_feature": False},
-                                          1, image_size)
-        recipe.method(model, images, seed=recipe.seed, device=device, log=log, **recipe.params)
+        with torch.random.fork_rng(devices=cuda):
+            torch.manual_seed(recipe.seed)
+            model: nn.Module = build_backbone({**architecture(backbone_cfg), "dropout": 0.0,
+                                               "normalize_feature": False}, 1, image_size)
+            recipe.method(model, images, seed=recipe.seed, device=device, log=log, **recipe.params)
     finally:
         torch.set_num_threads(threads)
     return {k: v.detach().cpu() for k, v in model.state_dict().items() if not k.startswith("head.")}
@@ -155,15 +160,21 @@ def recipe_name(backbone_cfg: dict[str, Any]) -> str | None:
     return str(name)
 
 
-def resolve_pretrained(backbone_cfg: dict[str, Any], image_size: int) -> dict[str, Any]:
-    """``backbone_cfg`` with a recipe name in ``pretrained`` replaced by ``weights=<its cached file>``.
+def resolve_pretrained(backbone_cfg: dict[str, Any], image_size: int, device_type: str) -> dict[str, Any]:
+    """``backbone_cfg`` with a recipe name in ``pretrained`` replaced by ``weights=<its cached file>``
+    (built on ``device_type`` first if needed).
 
     Other values of ``pretrained`` (resnet18's ``imagenet``) are the backbone's own business.
     """
+    from ..models.build import accepted_options
     name = recipe_name(backbone_cfg)
     if name is None:
         return backbone_cfg
-    path = pretrained_weights(name, backbone_cfg, image_size)
+    accepted = accepted_options(BACKBONES.get(backbone_cfg["name"]))
+    if accepted is not None and "weights" not in accepted:
+        raise SSLZooError(f"backbone '{backbone_cfg['name']}' takes no weights file, so backbone.pretrained={name} "
+                          f"cannot start it from pretrained weights (it takes: {', '.join(sorted(accepted))}).")
+    path = pretrained_weights(name, backbone_cfg, image_size, device_type)
     return {**{k: v for k, v in backbone_cfg.items() if k != "pretrained"}, "weights": str(path)}
 
 
@@ -171,14 +182,17 @@ def prebuild(configs: Iterable[dict[str, Any]], log: Callable[[str], None] = say
     """Build (or find) the weights every run config in ``configs`` starts from, once per file.
 
     Configs without a recipe in ``backbone.pretrained``, or without an explicit ``image_size``
-    (the data set decides it, known only once loaded), are left to their runs.
+    (the data set decides it, known only once loaded), are left to their runs. Each is built on
+    the device type its runs will use.
     """
+    from ..device import device_type
     configs = list(configs)
     names = [recipe_name(cfg.get("backbone") or {}) for cfg in configs]   # every conflict before any build
     paths: list[Path] = []
     for cfg, name in zip(configs, names):
         if name is None or not cfg.get("image_size"):
             continue
-        if weights_path(name, cfg["backbone"], int(cfg["image_size"])) not in paths:   # read each file once
-            paths.append(pretrained_weights(name, cfg["backbone"], int(cfg["image_size"]), log))
+        kind = device_type(str(cfg.get("device", "auto")))
+        if weights_path(name, cfg["backbone"], int(cfg["image_size"]), kind) not in paths:   # read each file once
+            paths.append(pretrained_weights(name, cfg["backbone"], int(cfg["image_size"]), kind, log))
     return paths

@@ -44,10 +44,24 @@ DEFAULTS: dict[str, Any] = {
     "mu": 1,                     # unlabeled / labeled batch ratio
     "eval_batch_size": 512,
     "backbone": {"name": "smallcnn"},   # other keys go to the backbone factory (weights, dropout, ...)
-    "optim": {"name": "adam", "lr": 5e-4, "weight_decay": 0.0, "momentum": 0.9, "nesterov": True},
+    "optim": {"name": "adam", "lr": 5e-4, "weight_decay": 0.0, "momentum": 0.9, "nesterov": True,
+              "no_decay_norm_bias": True,   # no weight decay on 1-d parameters (norms, biases), as USB and timm
+              "clip_grad": None},           # max global L2 norm of the gradients (None: no clipping)
     "schedule": {"name": "constant", "warmup_steps": 0},   # constant | cosine (FixMatch's 7/16 cosine)
-    "ema": {"decay": 0.999, "warmup": True},
-    "augment": {"crop_padding": 0.125, "flip": True, "randaugment_n": 2, "randaugment_m": 10, "cutout": 0.5},
+    "ema": {"decay": 0.999, "warmup": True,
+            "buffers": "copy"},             # copy (USB) | average (official Ada-CM, timm): batch-norm statistics
+    "augment": {
+        "crop_padding": 0.125,          # weak crop: padding as a fraction of the image side
+        "crop_padding_mode": "reflect",  # reflect (USB) | zeros (torchvision's RandomCrop default, official Ada-CM)
+        "crop_prob": 1.0,                # probability that the weak crop is applied (official Ada-CM: 0.5)
+        "flip": True,
+        "randaugment": "fixmatch",      # fixmatch (FixMatch/USB/official Ada-CM) | torchvision (fixed magnitude) | none
+        "randaugment_n": 2,              # operations per image (FixMatch 2, official Ada-CM 3)
+        "randaugment_m": 10,             # torchvision's fixed magnitude (0-30); the fixmatch variant draws its own
+        "randaugment_first": False,      # official Ada-CM: RandAugment (+ Cutout) before the weak crop and flip
+        "cutout": 0.5,                   # max side of the Cutout square, as a fraction of the image side (0: off)
+        "device": "auto",                # where views are built: auto | loader (CPU workers) | train (training device)
+    },
     "forward_mode": "concat",    # concat (one pass) | separate (one pass per input, official Ada-CM)
     "device": "auto",
     "amp": "auto",               # auto: bf16/fp16 autocast on CUDA, off on CPU
@@ -57,6 +71,8 @@ DEFAULTS: dict[str, Any] = {
     "tensorboard": True,
     "loggers": [],               # more loggers: csv (metrics.csv), wandb (needs the wandb package)
     "log_interval": 50,          # steps between host reads of the running losses/stats (and divergence checks)
+    "save_best_test": False,     # also keep best_test.pt, the model of the best test epoch (best_val.pt is kept
+                                 # whenever a validation split exists)
     "progress": True,
     "out": "runs/run",
 }

@@ -33,10 +33,15 @@ VIEW_NAMES = ("plain", "weak", "strong")
 @dataclass
 class AugmentConfig:
     crop_padding: float = 0.125     # fraction of the image side
+    crop_padding_mode: str = "reflect"
+    crop_prob: float = 1.0
     flip: bool = True
+    randaugment: str = "fixmatch"
     randaugment_n: int = 2
     randaugment_m: int = 10
+    randaugment_first: bool = False
     cutout: float = 0.5             # max side of the Cutout square, as a fraction of the image side
+    device: str = "auto"
 
 
 class Views:

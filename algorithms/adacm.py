@@ -26,6 +26,7 @@ from torch import Tensor
 
 from sslzoo.algorithm import (Batch, ForwardOutput, PolicyInput, SSLAlgorithm, StepContext, StepOutput,
                               labeled_probs, masked_ce, pseudo_label_stats, supervised_ce)
+from sslzoo.distributed import DistContext
 from sslzoo.registry import register_algorithm
 
 
@@ -35,13 +36,22 @@ def average_weak_predictions(logits_a: Tensor, logits_b: Tensor) -> Tensor:
 
 
 def info_nce(feats_a: Tensor, feats_b: Tensor, subset: Tensor, temperature: float = 0.07,
-             anchors: str = "both") -> Tensor:
+             anchors: str = "both", dist: DistContext | None = None) -> Tensor:
     """Eq. (8-9) over the samples flagged in ``subset``, as masked matrix products.
 
     For anchor a_i: -log( exp(s(a_i,b_i)/tau) / (sum_{j!=i} exp(s(a_i,a_j)/tau) + sum_k exp(s(a_i,b_k)/tau)) ),
     with i, j, k ranging over the subset only. ``anchors="both"`` also uses every b_i as an
     anchor (the mirrored term) and averages. Fewer than two samples give exactly 0.
+
+    Under DDP (``dist``; None: the running process group) the subset is that of the GLOBAL
+    batch, as the official code's single-process DataParallel loss sees it: every rank gathers
+    all ranks' features (gradient through its own rows) and computes the whole loss, and
+    ``replicated`` makes DDP's gradient average exactly the 1-process gradient.
     """
+    dist = dist if dist is not None else DistContext.from_process_group()
+    if dist.enabled:
+        feats_a, feats_b = dist.gather_local_grad(feats_a.float()), dist.gather_local_grad(feats_b.float())
+        subset = dist.gather(subset.float()) > 0
     n = feats_a.shape[0]
     z = F.normalize(torch.cat([feats_a, feats_b]).float(), dim=1)                     # Eq. (8)
     sim = z @ z.t() / temperature
@@ -59,7 +69,7 @@ def info_nce(feats_a: Tensor, feats_b: Tensor, subset: Tensor, temperature: floa
         raise ValueError(f"anchors must be 'a' or 'both', got {anchors!r}")
     enough = subset.sum() >= 2
     loss = torch.where(rows, per_anchor, torch.zeros_like(per_anchor)).sum() / rows.sum().clamp_min(1)
-    return torch.where(enough, loss, torch.zeros_like(loss))
+    return dist.replicated(torch.where(enough, loss, torch.zeros_like(loss)))
 
 
 @register_algorithm("adacm")
@@ -84,9 +94,9 @@ class AdaCM(SSLAlgorithm):
         p = average_weak_predictions(logits_a, logits_b)                                   # Eq. (6)
         pseudo = p.argmax(dim=-1)
         w = self.policy(PolicyInput(p, batch.u_index, sup_per_sample, labeled_probs(out)), ctx)               # subset I
-        unsup = masked_ce(logits_s, pseudo, w, self.unsup_norm)                            # Eq. (7)
+        unsup = masked_ce(logits_s, pseudo, w, self.unsup_norm, ctx.dist)                  # Eq. (7)
         terms = {"sup": self.lambda_sup * sup, "unsup": self.lambda_u * unsup}
         if self.lambda_c:
             terms["contrast"] = self.lambda_c * info_nce(feats_a, feats_b, w == 0,        # Eq. (8-9)
-                                                         self.temperature, self.contrast_anchors)
+                                                         self.temperature, self.contrast_anchors, ctx.dist)
         return StepOutput(terms, pseudo_label_stats(w, pseudo, batch.u_true))

@@ -14,7 +14,9 @@ constants (no gradient), classes absent from h_bar get scale 0 (USB's inf -> 0).
 selected sample L_f = 0.
 
 lambda_f = 0.01: USB's default (``ent_loss_ratio``); USB's per-benchmark CIFAR/STL
-configs use 0.001. L_f is computed per process (not gathered), as in USB.
+configs use 0.001. Under DDP, p_bar and h_bar are those of the GLOBAL batch (the sums and
+counts of every rank), so N processes compute the 1-process L_f of the N x batch; USB
+computes L_f per GPU (docs/fidelity.md).
 """
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ import torch
 from torch import Tensor
 
 from sslzoo.algorithm import Batch, ForwardOutput, StepContext, StepOutput, pseudo_label_stats
+from sslzoo.distributed import DistContext
 from sslzoo.errors import SSLZooError
 from sslzoo.policies.freematch import FreeMatchThreshold
 from sslzoo.registry import register_algorithm
@@ -33,24 +36,29 @@ def _inverse_or_zero(x: Tensor) -> Tensor:
     return torch.where(x > 0, 1.0 / x.clamp_min(1e-12), torch.zeros_like(x))
 
 
-def fairness_loss(logits_strong: Tensor, selected: Tensor, class_mean: Tensor, label_hist: Tensor) -> Tensor:
+def fairness_loss(logits_strong: Tensor, selected: Tensor, class_mean: Tensor, label_hist: Tensor,
+                  dist: DistContext | None = None) -> Tensor:
     """SAF, Eq. (9): -H(SumNorm(p~/h~), SumNorm(p_bar/h_bar)) over the selected strong-view predictions.
 
     The selection is a 0/1 weight (no boolean indexing: no host sync); with nothing selected
-    the term is exactly 0 and still carries a (zero) gradient.
+    the term is exactly 0 and still carries a (zero) gradient. Under DDP (``dist``; None: the
+    running process group) the selected set is that of the global batch: the probability sums,
+    argmax counts and sizes are summed over ranks, every rank computes the same L_f from them.
     """
+    dist = dist if dist is not None else DistContext.from_process_group()
     sel = selected.float()
-    n = sel.sum()
     probs = torch.softmax(logits_strong.float(), dim=-1)
     num_classes = probs.shape[-1]
-    hist = torch.zeros(num_classes, device=probs.device).index_add_(0, probs.argmax(dim=-1), sel)
-    hist = hist / n.clamp_min(1.0)
+    counts = torch.zeros(num_classes, device=probs.device).index_add_(0, probs.argmax(dim=-1), sel)
+    sums = dist.sum_local_grad(torch.cat([(probs * sel[:, None]).sum(dim=0), counts, sel.sum()[None]]))
+    prob_sum, counts, n = sums[:num_classes], sums[num_classes:-1], sums[-1]
+    hist = counts / n.clamp_min(1.0)
     target = class_mean.float() * _inverse_or_zero(label_hist.float())
     target = target / target.sum()
-    mean = (probs * sel[:, None]).sum(dim=0) / n.clamp_min(1.0) * _inverse_or_zero(hist)
+    mean = prob_sum / n.clamp_min(1.0) * _inverse_or_zero(hist)
     mean = mean / mean.sum().clamp_min(1e-12)
     loss = (target.detach() * torch.log(mean + 1e-12)).sum()
-    return torch.where(n > 0, loss, logits_strong.sum() * 0.0)
+    return dist.replicated(torch.where(n > 0, loss, logits_strong.sum() * 0.0))
 
 
 @register_algorithm("freematch")
@@ -74,5 +82,5 @@ class FreeMatch(FixMatch):
         terms, w, pseudo = self.weak_to_strong(out, batch, ctx)
         if self.lambda_f:
             terms["fairness"] = self.lambda_f * fairness_loss(out.u_logits[1], w > 0, self.policy.class_mean,
-                                                              self.policy.label_hist)
+                                                              self.policy.label_hist, ctx.dist)
         return StepOutput(terms, pseudo_label_stats(w, pseudo, batch.u_true))

@@ -63,9 +63,9 @@ Choices, and what they follow:
   * The large-margin term: a hinge on squared distances to the centroids (a centroid-based
     triplet loss: own centroid closer than every other by m), on the labeled images only
     (self-labels are noisy; the unlabeled data already receive L_U), normalized by the number
-    of (sample, other class) pairs, no ramp (it is supervised). Which large-margin loss the
-    paper uses is not known here; this one is chosen because it acts directly on the clusters
-    that the self-labels read.
+    of (sample, other class) pairs (of the global batch under DDP), no ramp (it is supervised).
+    Which large-margin loss the paper uses is not known here; this one is chosen because it acts
+    directly on the clusters that the self-labels read.
   * The labeled images join the gradient pass unmixed as ``extra`` inputs of ``mixed_forward``:
     with ``forward_mode="concat"`` (default) one pass, so batch-norm statistics also cover them;
     ``"separate"`` gives them their own pass with frozen statistics. MixMatch itself never sees
@@ -90,6 +90,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from sslzoo.algorithm import Batch, EpochContext, StepContext, StepOutput, pseudo_label_stats
+from sslzoo.distributed import DistContext
 from sslzoo.mixup import frozen_bn_stats, mixed_forward, mixup, sharpen
 from sslzoo.registry import register_algorithm
 
@@ -111,17 +112,18 @@ def centroid_probs(emb: Tensor, centroids: Tensor, available: Tensor, temperatur
 
 
 def centroid_margin_loss(emb: Tensor, labels: Tensor, centroids: Tensor, available: Tensor,
-                         margin: float) -> Tensor:
+                         margin: float, dist: DistContext | None = None) -> Tensor:
     """Mean over valid (sample i, class j != y_i) pairs of max(0, m + d_{y_i} - d_j); 0 if no pair is valid.
 
-    A pair is valid when both y_i and j have a centroid. Gradients reach ``emb`` only.
+    A pair is valid when both y_i and j have a centroid. Gradients reach ``emb`` only. Under
+    DDP (``dist``; None: the running process group) the mean is over the global batch's pairs.
     """
     d = squared_distances(emb, centroids.detach())
     d_own = d.gather(1, labels[:, None])
     classes = torch.arange(centroids.shape[0], device=labels.device)
     valid = available[None, :] & available[labels][:, None] & (classes[None, :] != labels[:, None])
     hinge = F.relu(margin + d_own - d) * valid
-    return hinge.sum() / valid.sum().clamp_min(1)
+    return (dist if dist is not None else DistContext.from_process_group()).global_ratio(hinge.sum(), valid.sum(), 1)
 
 
 class ClassCentroids:
@@ -314,7 +316,7 @@ class MarginMix(MixMatch):
         centroids, available = self._centroids_for(emb_l)   # the step's snapshot (the guess used the same)
         if self.lambda_margin > 0:
             losses["margin"] = self.lambda_margin * centroid_margin_loss(emb_l, batch.y_l, centroids, available,
-                                                                         self.margin)
+                                                                         self.margin, ctx.dist)
         self.centroids.accumulate(emb_l, batch.y_l, ctx.dist)
         stats["centroid_coverage"] = available.float().mean()
         if guess is not None:

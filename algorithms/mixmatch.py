@@ -14,7 +14,9 @@ concatenation with a random permutation of itself, which is what the code does.
 Choices, and what they follow:
   * lambda' per mixed pair (``mixup_per_sample=True``): the paper's per-pair MixUp and
     its official code; USB draws one lambda per batch (``mixup_per_sample=false``).
-  * alpha = 0.75 and lambda_u = 100 as in the paper (USB's CIFAR-10 configs use 0.5 / 75).
+  * alpha = 0.75 and lambda_u = 100, the paper's suggested starting point. The official code's
+    defaults and USB's classic_cv configs use alpha 0.5 with lambda_u 100 (CIFAR-10, SVHN,
+    STL-10) or 150 (CIFAR-100): ``--set mixmatch.mixup_alpha=0.5``.
   * Ramp: linear, as in the paper, over a fraction of training rather than a step count:
     the paper's 16,000 of 1,048,576 steps is ``unsup_warmup = 1/64`` (USB's default
     argument); ``configs/algorithms/mixmatch.yaml`` uses USB's classic_cv 0.4 for short
@@ -23,8 +25,10 @@ Choices, and what they follow:
     and without updating batch-norm running statistics (USB's ``freeze_bn``).
   * Batch norm over mixed batches: ``forward_mode="concat"`` (default) runs ONE pass over
     all mixed inputs, so statistics cover the labeled and unlabeled parts together — what
-    interleaving approximates; ``"separate"`` is USB's/the official scheme (interleave,
-    one pass per batch-sized chunk, statistics updated by the first only).
+    interleaving approximates; ``"separate"`` is the official code's scheme (interleave,
+    one pass per batch-sized chunk, running statistics updated by the first pass only).
+    USB HEAD runs the same chunked passes without interleaving (its ``interleave`` calls
+    are commented out), so its first pass sees the labeled chunk alone.
 """
 from __future__ import annotations
 

@@ -20,10 +20,15 @@ Choices, and what they follow:
     with the K strong views) and USB.
   * Distribution alignment: the paper's and official code's moving average over the last
     128 batches (``da_window``; ``configs/algorithms/remixmatch.yaml`` uses 32 for short
-    runs); the current batch is included before aligning, as USB does (so step 0 is
-    aligned by its own mean). Under DDP the batch means are averaged over ranks. p(y) is
-    the labeled set's class distribution (USB's ``p_target_type='gt'``), read once from
-    the labeled set at the first epoch start; ``da_target="uniform"`` uses 1/C.
+    runs). ``da_buffer="running"`` (default): the mean of the rows filled so far, the
+    current batch included before aligning (so step 0 is aligned by its own mean).
+    ``da_buffer="official"``: the official code's buffer (``PMovingAverage``): W rows that
+    start filled with 1/C, all W averaged, read BEFORE the current batch is pushed; the
+    two differ in the first W steps only. USB HEAD uses neither: an EMA (momentum 0.999)
+    started from the first batch's mean, current batch included. Under DDP the batch
+    means are averaged over ranks. p(y) is the labeled set's class distribution (USB's
+    ``p_target_type='gt'``), read once from the labeled set at the first epoch start;
+    ``da_target="uniform"`` uses 1/C.
   * Ramp: linear on L_U and L_U1 only (official code and USB), over 1/64 of training
     (the official ``warmup_kimg=1024`` of 65,536 kimg; USB's default).
   * Rotation: a random rotation per sample of the first strong view (USB); the head is a
@@ -33,8 +38,10 @@ Choices, and what they follow:
   * MixUp lambda per pair (``mixup_per_sample``), like MixMatch here; USB: one per batch.
   * Passes: one label-guess pass (no gradient, batch-norm statistics frozen), then, in
     ``forward_mode="concat"``, ONE gradient pass over the mixed batch, the unmixed first
-    strong view and the rotated view; ``"separate"`` interleaves like USB and runs the
-    extra inputs with frozen statistics.
+    strong view and the rotated view; ``"separate"`` interleaves batch-sized chunks as the
+    official code does (USB HEAD has its interleave calls commented out), updates
+    batch-norm statistics from the first chunk's pass only (USB; the official TF code
+    keeps the last chunk's updates) and runs the extra inputs with frozen statistics.
 """
 from __future__ import annotations
 
@@ -57,12 +64,16 @@ DA_EPS = 1e-6
 class DistributionAlignment:
     """Running p_model (mean over the last ``window`` steps of the batch-mean prediction) and p_target.
 
+    ``official=False``: the mean of the rows filled so far, this batch pushed before aligning.
+    ``official=True`` (ReMixMatch's official ``PMovingAverage``): ``window`` rows filled with
+    1/C at the start, all averaged (and renormalized), read before this batch is pushed.
     All state lives in tensors so a checkpoint restores it exactly.
     """
 
-    def __init__(self, num_classes: int, window: int):
-        self.num_classes, self.window = num_classes, window
-        self.history = torch.zeros(window, num_classes)          # ring buffer of batch means
+    def __init__(self, num_classes: int, window: int, official: bool = False):
+        self.num_classes, self.window, self.official = num_classes, window, official
+        fill = 1.0 / num_classes if official else 0.0
+        self.history = torch.full((window, num_classes), fill)   # ring buffer of batch means
         self.count = torch.zeros((), dtype=torch.long)           # batches pushed so far
         self.p_target = torch.full((num_classes,), 1.0 / num_classes)
         self.target_set = torch.zeros((), dtype=torch.bool)      # p_target read from the labeled set?
@@ -84,7 +95,10 @@ class DistributionAlignment:
         self.count += 1
 
     def p_model(self) -> Tensor:
-        """Mean of the filled rows of the ring buffer; 1/C before the first push."""
+        """Mean of the filled rows of the ring buffer, 1/C before the first push (official: of all rows)."""
+        if self.official:
+            mean = self.history.mean(dim=0)
+            return mean / mean.sum()
         filled = self.count.clamp(max=self.window)
         rows = (torch.arange(self.window, device=self.history.device) < filled).to(self.history)
         mean = (self.history * rows[:, None]).sum(dim=0) / filled.clamp_min(1).to(self.history)
@@ -92,8 +106,14 @@ class DistributionAlignment:
 
     @torch.no_grad()
     def __call__(self, probs: Tensor, batch_mean: Tensor | None = None) -> Tensor:
-        """Push this batch's mean (``batch_mean`` if given, e.g. averaged over ranks), then align ``probs``."""
-        self.push(probs.float().mean(dim=0) if batch_mean is None else batch_mean)
+        """Push this batch's mean (``batch_mean`` if given, e.g. averaged over ranks) and align ``probs``:
+        push first, or (official) align with the buffer as it was, then push."""
+        mean = probs.float().mean(dim=0) if batch_mean is None else batch_mean
+        if self.official:
+            aligned = self.align(probs)
+            self.push(mean)
+            return aligned
+        self.push(mean)
         return self.align(probs)
 
     def align(self, probs: Tensor) -> Tensor:
@@ -137,7 +157,7 @@ class ReMixMatch(SSLAlgorithm):
     def __init__(self, num_classes: int, policy=None, lambda_u: float = 1.5, lambda_u1: float = 0.5,
                  lambda_rot: float = 0.5, T: float = 0.5, K: int = 2, mixup_alpha: float = 0.75,
                  unsup_warmup: float = 1 / 64, da_window: int = 128, da_target: str = "labeled",
-                 mixup_per_sample: bool = True):
+                 mixup_per_sample: bool = True, da_buffer: str = "running"):
         super().__init__(num_classes, policy)
         if K < 1:
             raise ValueError(f"K (strong views per unlabeled image) must be >= 1; got {K}")
@@ -147,6 +167,10 @@ class ReMixMatch(SSLAlgorithm):
             raise ValueError(f"da_window (steps in the running p_model) must be >= 1; got {da_window}")
         if da_target not in ("labeled", "uniform"):
             raise ValueError(f"da_target must be 'labeled' or 'uniform'; got {da_target!r}")
+        if da_buffer not in ("running", "official"):
+            raise ValueError(f"da_buffer must be 'running' (mean of the batches so far, this one included) or "
+                             f"'official' (the official code's buffer: 1/C rows, read before this batch); "
+                             f"got {da_buffer!r}")
         if unsup_warmup < 0:
             raise ValueError(f"unsup_warmup is a fraction of training >= 0; got {unsup_warmup}")
         self.lambda_u, self.lambda_u1, self.lambda_rot = lambda_u, lambda_u1, lambda_rot
@@ -154,7 +178,7 @@ class ReMixMatch(SSLAlgorithm):
         self.da_target, self.mixup_per_sample = da_target, mixup_per_sample
         self.rampup = check_ramp("linear")
         self.unlabeled_views = ("weak",) + ("strong",) * K
-        self.da = DistributionAlignment(num_classes, da_window)
+        self.da = DistributionAlignment(num_classes, da_window, official=da_buffer == "official")
         heads = {"rot": nn.LazyLinear(4)} if lambda_rot > 0 else {}
         self._modules_dict = nn.ModuleDict(heads)
 

@@ -77,6 +77,9 @@ class BenchOptions:
     evaluation: bool = True                   # time Trainer.evaluate and the per-epoch hook
     threads: int | None = None                # torch.set_num_threads in this process
     workdir: str | None = None                # where the e2e runs write (default: a temporary folder)
+    augment: bool = True                      # also time the views at the paper's shape (JSON field "augment")
+    augment_only: bool = False                # only that
+    augment_size: int = 224                   # image side for the augmentation timing
 
 
 # -- helpers ----------------------------------------------------------------------------------
@@ -385,12 +388,19 @@ def paired_e2e(cfg: dict[str, Any], step_fn: Callable[[], None], n_images: int, 
 
 def run_benchmark(layers: list[dict[str, Any]], opts: BenchOptions | None = None,
                   log: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """Measure every selected algorithm; returns {"machine", "config", "algorithms"}."""
+    """Measure every selected algorithm; returns {"machine", "config", "algorithms", "augment"}."""
     from sslzoo.registry import ALGORITHMS
+    from .augment_speed import AugmentBenchOptions, measure_augment
     opts = opts or BenchOptions()
     log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
     if opts.threads:
         torch.set_num_threads(opts.threads)
+    if opts.augment_only:
+        from sslzoo.config import resolve
+        device = pick_device(resolve(layers)["device"])
+        log(f"augmentation at {opts.augment_size} px (batched / per-image torchvision / per-image PIL)")
+        return {"machine": machine_info(device),
+                "augment": measure_augment(AugmentBenchOptions(image_size=opts.augment_size), str(device))}
     names = opts.algos or ALGORITHMS.names()
     for name in names:
         ALGORITHMS.get(name)   # unknown names -> a clear error before any work
@@ -407,6 +417,9 @@ def run_benchmark(layers: list[dict[str, Any]], opts: BenchOptions | None = None
                 log(f"[{name}] failed: {type(exc).__name__}: {exc}")
                 result["algorithms"][name] = {"error": f"{type(exc).__name__}: {exc}",
                                               **{k: None for k in REQUIRED_KEYS}}
+        if opts.augment:
+            log(f"augmentation at {opts.augment_size} px (batched / per-image torchvision / per-image PIL)")
+            result["augment"] = measure_augment(AugmentBenchOptions(image_size=opts.augment_size), str(device))
         runtime = next((r["runtime"] for r in result["algorithms"].values() if r.get("runtime")),
                        {"device": str(device)})
         result["config"] = _config_summary(base, runtime, opts)
@@ -443,7 +456,10 @@ def _fmt(v: Any, digits: int = 0) -> str:
 
 
 def format_table(result: dict[str, Any]) -> str:
-    """A Markdown table of the main numbers, plus the worker sweeps."""
+    """A Markdown table of the main numbers, plus the worker sweeps and the augmentation timing."""
+    from .augment_speed import format_augment
+    if "algorithms" not in result:
+        return format_augment(result["augment"])
     cols = ["algorithm", "img/step", "raw img/s", "step img/s", "step/raw", "step/raw paired",
             "separate/concat", "loader img/s", "e2e img/s", "e2e/step", "e2e/step paired", "e2e in-step share",
             "eval img/s", "epoch hook s"]
@@ -484,7 +500,8 @@ def format_table(result: dict[str, Any]) -> str:
     if m.get("device") == "cpu" and "OMP_WAIT_POLICY" not in m.get("env", {}):
         notes.append("- note: OMP_WAIT_POLICY is not set; on a machine whose cores are busy, torch's spin-waiting "
                      "OpenMP threads can make CPU steps several times slower (see docs/performance.md)")
-    return "\n".join([intro, "", *lines, *([""] + notes if notes else [])])
+    tail = ["", format_augment(result["augment"])] if "augment" in result else []
+    return "\n".join([intro, "", *lines, *([""] + notes if notes else []), *tail])
 
 
 # -- command line -----------------------------------------------------------------------------
@@ -519,6 +536,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-e2e", action="store_true", help="skip the end-to-end measurement")
     p.add_argument("--no-eval", action="store_true", help="skip timing evaluation and the per-epoch hook")
     p.add_argument("--no-separate", action="store_true", help="skip forward_mode=separate")
+    p.add_argument("--no-augment", action="store_true", help="skip the augmentation timing")
+    p.add_argument("--augment-only", action="store_true",
+                   help="only time the views at the paper's shape (224 px, B=16, mu=1, Ada-CM's weak, weak, "
+                        "strong): batched vs per-image torchvision vs per-image PIL")
+    p.add_argument("--augment-size", type=int, default=224, help="image side for the augmentation timing")
     p.add_argument("--threads", type=int, default=None, help="torch threads in this process")
     p.add_argument("--workdir", default=None, help="folder for the end-to-end runs (default: temporary)")
     p.add_argument("--json", default=None, metavar="PATH", help="also write the results as JSON")
@@ -533,6 +555,7 @@ def options_from_args(args: argparse.Namespace) -> BenchOptions:
         e2e_repeats=max(1, args.e2e_repeats),
         e2e_workers=args.e2e_workers, loader=not args.no_loader, e2e=not args.no_e2e,
         evaluation=not args.no_eval, threads=args.threads,
+        augment=not args.no_augment, augment_only=args.augment_only, augment_size=args.augment_size,
         workdir=args.workdir)
 
 

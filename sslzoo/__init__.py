@@ -6,7 +6,7 @@ processes) do not pay for torch before they need it.
 """
 from .version import __version__
 
-_API = ("fit", "FitResult", "load_run", "Run", "list_algorithms", "list_policies", "list_datasets",
+_API = ("fit", "FitResult", "load_run", "Run", "Predictions", "list_algorithms", "list_policies", "list_datasets",
         "list_backbones", "list_pretrained", "create_algorithm", "create_policy")
 
 

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .distributed import DistContext
 from .policy import (EpochContext, PolicyInput, StepContext, ThresholdPolicy,  # noqa: F401 - re-exported
                      _kwargs_with_defaults, policy_hyperparameters)
 
@@ -155,11 +156,14 @@ def supervised_ce(logits: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
     return per_sample.mean(), per_sample.detach()
 
 
-def masked_ce(logits: Tensor, targets: Tensor, weights: Tensor, normalize: str = "batch") -> Tensor:
+def masked_ce(logits: Tensor, targets: Tensor, weights: Tensor, normalize: str = "batch",
+              dist: DistContext | None = None) -> Tensor:
     """Weighted cross-entropy against hard or soft targets.
 
     normalize="batch" divides by the whole unlabeled batch (FixMatch's paper);
-    "subset" divides by the total weight of the trusted subset (Ada-CM's Eq. 7, 1/N_h).
+    "subset" divides by the total weight of the trusted subset (Ada-CM's Eq. 7, 1/N_h). Under
+    DDP that is the subset of the GLOBAL batch (``dist``; None: the running process group), so
+    N processes train exactly as one with the N x batch; "batch" needs nothing (equal batches).
     """
     if targets.dim() == 1:
         per_sample = F.cross_entropy(logits, targets, reduction="none")
@@ -169,7 +173,8 @@ def masked_ce(logits: Tensor, targets: Tensor, weights: Tensor, normalize: str =
     if normalize == "batch":
         return total / max(1, logits.shape[0])
     if normalize == "subset":  # an empty subset gives total == 0, hence a zero loss
-        return total / weights.sum().clamp_min(1e-8)
+        return (dist if dist is not None else DistContext.from_process_group()).global_ratio(
+            total, weights.sum(), 1e-8)
     raise ValueError(f"normalize must be 'batch' or 'subset', got {normalize!r}")
 
 

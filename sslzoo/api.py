@@ -27,6 +27,7 @@ from .factory import build_algorithm
 from .policies import build_policy
 from .policy import ThresholdPolicy
 from .registry import ALGORITHMS, BACKBONES, DATASETS, POLICIES, PRETRAINED, load_plugin
+from .predict import Predictions  # noqa: F401 - part of the API (what Run.predict returns)
 from .runs import Run, load_run  # noqa: F401 - part of the API
 
 ConfigLike = dict[str, Any] | str | Path | Sequence[dict[str, Any] | str | Path] | None

@@ -1,4 +1,5 @@
-"""What the trainer tells the outside world: loggers and the progress bar, as callbacks.
+"""What the trainer tells the outside world: loggers, the progress bar and the selected models
+(``best_val.pt``, ``best_test.pt``), as callbacks.
 
 Why callbacks: the loop should read on one screen and not know where numbers go. TensorBoard
 is on by default (``tensorboard=true``); ``loggers=[csv]`` adds ``metrics.csv`` (one row per
@@ -133,6 +134,46 @@ class WandbLogger(Callback):
             self.run = None
 
 
+BEST_FILES = {"val": "best_val.pt", "best": "best_test.pt"}   # ``--which`` name -> file in the run folder
+
+
+class BestCheckpoints(Callback):
+    """``best_val.pt`` (a run with a validation split) and ``best_test.pt`` (``save_best_test``): the
+    EMA model of the epoch metrics.json names ``val_selected_epoch`` / ``best_epoch``.
+
+    Why: checkpoint.pt holds the last step only, so the model behind ``val_selected_acc`` and
+    ``best_test_acc`` was lost. The epoch is chosen by :func:`sslzoo.run_record.summarize`, the
+    rule metrics.json uses (ties keep the first epoch), over the whole history: a resumed run has
+    its earlier epochs back, so a better earlier model is never overwritten. Only rank 0 gets
+    callbacks, so only it writes; ``checkpoint.save`` writes atomically.
+    """
+
+    def __init__(self) -> None:
+        self.config_hash = ""
+
+    def on_fit_start(self, trainer: Trainer) -> None:
+        from .config import config_hash
+        self.config_hash = config_hash(trainer.cfg)
+        if not trainer.history:   # a fresh start (or --overwrite): files left in the folder are another run's
+            for name in BEST_FILES.values():
+                (trainer.out / name).unlink(missing_ok=True)
+
+    def on_epoch_end(self, trainer: Trainer, entry: dict[str, Any]) -> None:
+        from .run_record import summarize
+        summary = summarize(trainer.history)
+        if entry["val_acc"] is not None and summary["val_selected_epoch"] == entry["epoch"]:
+            self.save(trainer, "val", entry, entry["val_acc"])
+        if trainer.cfg.get("save_best_test") and summary["best_epoch"] == entry["epoch"]:
+            self.save(trainer, "best", entry, entry["test_acc"])
+
+    def save(self, trainer: Trainer, which: str, entry: dict[str, Any], acc: float) -> None:
+        from .checkpoint import save
+        save(trainer.out / BEST_FILES[which], {
+            "which": which, "epoch": entry["epoch"], "acc": acc, "val_acc": entry["val_acc"],
+            "test_acc": entry["test_acc"], "config_hash": self.config_hash,
+            "ema": {"module": trainer.ema.module.state_dict()}})
+
+
 class ProgressBar(Callback):
     """A tqdm bar per epoch (``tqdm.auto``: a widget in notebooks), and one line per finished epoch."""
 
@@ -171,8 +212,9 @@ class ProgressBar(Callback):
 
 
 def default_callbacks(cfg: dict[str, Any], extra: Sequence[Callback] = ()) -> list[Callback]:
-    """The callbacks a config asks for (TensorBoard, ``loggers``, the progress bar), then ``extra``."""
-    out: list[Callback] = []
+    """The run's best-model files, the callbacks a config asks for (TensorBoard, ``loggers``, the
+    progress bar), then ``extra``."""
+    out: list[Callback] = [BestCheckpoints()]
     names = list(cfg.get("loggers") or [])
     unknown = [n for n in names if n not in LOGGERS]
     if unknown:

@@ -1,4 +1,4 @@
-"""Command line: sslzoo list | train | pretrain | data | cache | bench | table | plot | calibration | eval | throughput.
+"""Command line: sslzoo list | train | config | predict | pretrain | data | cache | bench | table | plot | calibration | eval | throughput.
 
 A thin layer over the Python API (sslzoo.api, docs/api.md): each command parses its flags into
 config layers and calls the same function a Python user would. User errors (SSLZooError) print
@@ -108,12 +108,23 @@ def cmd_cache(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_config(args: argparse.Namespace) -> int:
+    """Resolve and check a config as `sslzoo train` would, and print it (nothing trains); or the schema."""
+    from .config import resolve, schema_table
+    if args.schema:
+        print(schema_table())
+        return 0
+    import yaml
+    print(yaml.safe_dump(resolve(config_layers(args)), sort_keys=False), end="")
+    return 0
+
+
 def cmd_pretrain(args: argparse.Namespace) -> int:
     """Build (or find) a recipe's pretrained backbone for the config's backbone and image size."""
     from .config import resolve
     from .data.prepare import load_bundle
     from .device import device_type
-    from .pretrain.store import is_built, pretrained_weights, weights_path
+    from .pretrain.store import is_built, pretrained_weights, reference_note, weights_path
     from .registry import PRETRAINED
     cfg = resolve(config_layers(args))
     recipe, name = PRETRAINED.get(args.name), args.name.lower()
@@ -125,7 +136,48 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     print(f"{name} ({recipe.description}) for backbone '{backbone['name']}' at {size} px: "
           f"{path}{' (already cached)' if cached else ''}\n"
           f"use it with --set backbone.pretrained={name}")
+    note = reference_note(name, path)
+    if note:
+        print(note)
     return 0
+
+
+PREDICT_HELP = """\
+Predict the expression of face images with a finished run's model.
+
+  sslzoo predict runs/demo faces/                    # every image in a folder (and its subfolders)
+  sslzoo predict runs/demo 'faces/*.jpg' a.png --topk 3 --csv predictions.csv
+  sslzoo predict runs/demo faces/ --which val        # the model of the best validation epoch
+
+Images are expected to be aligned face crops, as in the data sets: each is decoded and resized
+to the run's image size as its training images were (no face detection, no face-box crop), then
+normalised and evaluated as the run evaluated its test set. Prints a table (path, predicted
+class, confidence; --topk K adds the K most probable classes); --csv / --json write the results
+for machine use. A file that is not a readable image is reported on stderr and skipped.
+Exit code: 0 all images predicted, 1 some inputs skipped, 2 usage error, not a run folder,
+or no readable image. Python: sslzoo.load_run(RUN_DIR).predict(images)."""
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from .registry import load_plugin
+    from .runs import load_run
+    for plugin in args.plugin:
+        load_plugin(plugin)
+    if args.topk < 1:
+        raise SSLZooError(f"--topk must be at least 1; got {args.topk}.")
+    run = load_run(args.run_dir, args.device, which=args.which)
+    result = run.predict(args.images)
+    for path, why in result.skipped:
+        print(f"skipped {path}: {why}", file=sys.stderr)
+    print(result.format_table(args.topk))
+    info = {"run": str(args.run_dir), "which": run.which, "model_epoch": run.epoch}
+    if args.csv:
+        result.to_csv(args.csv)
+    if args.json:
+        result.to_json(args.json, args.topk, **info)
+    if result.skipped:
+        print(f"{len(result)} image(s) predicted, {len(result.skipped)} input(s) skipped", file=sys.stderr)
+    return 1 if result.skipped else 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -147,6 +199,15 @@ def build_parser() -> argparse.ArgumentParser:
                     help="checkpoint and stop after epoch N; continue later with --resume (not part of the config)")
     sp.add_argument("--no-progress", action="store_true", help="no progress bar / per-epoch lines")
     sp.set_defaults(func=cmd_train)
+
+    sp = sub.add_parser("config", help="check a config and print it resolved, or list every key (--schema)",
+                        description="sslzoo config [training flags]: resolve and check the config `sslzoo train` "
+                                    "would run and print it as YAML; nothing trains. sslzoo config --schema: every "
+                                    "key, its default and what it accepts (docs/config.md).")
+    add_train_flags(sp)
+    sp.add_argument("--out", default=None, help="run folder (default runs/run)")
+    sp.add_argument("--schema", action="store_true", help="print every config key, its default and what it accepts")
+    sp.set_defaults(func=_with_plugins(cmd_config))
 
     sp = sub.add_parser("data", help="show what a data set loader finds on disk")
     sp.add_argument("name")
@@ -175,6 +236,22 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("name", help="a pretraining recipe (see `sslzoo list`)")
     add_train_flags(sp)
     sp.set_defaults(func=cmd_pretrain)
+
+    sp = sub.add_parser("predict", help="predict face images (files, folders, globs) with a finished run's model",
+                        description=PREDICT_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sp.add_argument("run_dir", metavar="RUN_DIR", help="a finished run folder (config.yaml + checkpoint.pt)")
+    sp.add_argument("images", nargs="+", metavar="IMAGES", help="image files, folders or glob patterns")
+    sp.add_argument("--which", default="final", choices=["final", "val", "best"],
+                    help="which saved model: final (checkpoint.pt), val (best_val.pt) or best (best_test.pt)")
+    sp.add_argument("--topk", type=int, default=1, metavar="K", help="also show the K most probable classes")
+    sp.add_argument("--csv", default=None, metavar="FILE", help="write path, class, confidence and every "
+                                                                 "class's probability as CSV")
+    sp.add_argument("--json", default=None, metavar="FILE", help="write the predictions (with top-K) and the "
+                                                                  "skipped inputs as JSON")
+    sp.add_argument("--device", default=None, help="where to run the model (default: the run's own setting)")
+    sp.add_argument("--plugin", action="append", default=[], metavar="FILE.py",
+                    help="a plugin that registers the run's backbone")
+    sp.set_defaults(func=cmd_predict)
 
     for register in _EXTRA_COMMANDS:
         register(sub)

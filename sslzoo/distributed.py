@@ -64,6 +64,56 @@ class DistContext:
         dist.all_reduce(out, op=reduce_op)
         return out / self.world_size if op == "mean" else out
 
+    # -- losses over the global batch ----------------------------------------------------------
+    # DDP averages gradients over ranks. A statistic of the batch (a subset's size, a histogram,
+    # the negatives of a contrastive loss) computed per rank makes the N-process step differ from
+    # the 1-process step with the N x batch. The pattern that makes it exact with forward
+    # collectives only (no collective in the backward pass, nothing read on the host): gather or
+    # sum the global value with the gradient flowing through this rank's own part, compute the
+    # loss from it (the same value on every rank), then ``replicated``. The gradient a rank gets
+    # is then N x the 1-process loss's gradient with respect to its own rows, and DDP's average
+    # over ranks is exactly the 1-process gradient (docs/reliability.md).
+
+    def gather_local_grad(self, tensor: Tensor) -> Tensor:
+        """Every rank's rows (rank order, equal shapes); the gradient flows through this rank's rows only."""
+        if not self.enabled:
+            return tensor
+        rows = tensor.shape[0]
+        full = self.gather(tensor.detach())
+        return torch.cat([full[: self.rank * rows], tensor, full[(self.rank + 1) * rows:]])
+
+    def sum_local_grad(self, tensor: Tensor) -> Tensor:
+        """The sum over ranks; the gradient flows into this rank's own summand only."""
+        if not self.enabled:
+            return tensor
+        return self.all_reduce(tensor.detach()) + (tensor - tensor.detach())
+
+    def replicated(self, loss: Tensor) -> Tensor:
+        """For a loss every rank computes in full from global values: the same value, N times the gradient."""
+        if not self.enabled:
+            return loss
+        return loss + (self.world_size - 1) * (loss - loss.detach())
+
+    def global_ratio(self, numerator: Tensor, denominator: Tensor, min_denominator: float) -> Tensor:
+        """sum_ranks(numerator) / max(sum_ranks(denominator), min): a normalised loss over the global batch.
+
+        Per rank, numerator / denominator would make DDP average N ratios instead of taking the
+        global one. One process: exactly ``numerator / denominator.clamp_min(min_denominator)``.
+        """
+        if not self.enabled:
+            return numerator / denominator.clamp_min(min_denominator)
+        num, den = self.sum_local_grad(torch.stack([numerator, denominator.to(numerator.dtype)])).unbind()
+        return self.replicated(num / den.clamp_min(min_denominator))
+
+    @classmethod
+    def from_process_group(cls) -> "DistContext":
+        """The running torch.distributed group (one process when none): for losses called without a context."""
+        if not (dist.is_available() and dist.is_initialized()):
+            return cls()
+        device = f"cuda:{torch.cuda.current_device()}" if dist.get_backend() == "nccl" else "cpu"
+        return cls(rank=dist.get_rank(), world_size=dist.get_world_size(),
+                   local_rank=int(os.environ.get("LOCAL_RANK", "0")), device=device)
+
     def any(self, flag: bool) -> bool:
         """True on every rank when ``flag`` is true on at least one rank."""
         if not self.enabled:

@@ -73,5 +73,5 @@ class Predictor:
                  with_features: bool = False) -> tuple[Tensor, Tensor, Tensor | None]:
         """(softmax probabilities [N, C], labels [N], features or None) of ``model`` on ``images``."""
         with autocast(self.device, self.amp_dtype):
-            return predict(model, view_batches(images, self.views, view, seed, self.batch_size), self.prepare,
-                           with_features=with_features)
+            return predict(model, view_batches(images, self.views, view, seed, self.batch_size, self.device),
+                           self.prepare, with_features=with_features)

@@ -25,7 +25,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("algorithms", ("sslzoo.algorithm", "sslzoo.mixup", "sslzoo.algorithms")),   # policy + unlabeled loss
     ("training", ("sslzoo.config", "sslzoo.factory", "sslzoo.ema", "sslzoo.optim", "sslzoo.evaluation",
                   "sslzoo.meter", "sslzoo.callbacks", "sslzoo.run_record", "sslzoo.trainer")),
-    ("api", ("sslzoo.api", "sslzoo.runs", "sslzoo.flags")),  # what a Python user calls
+    ("api", ("sslzoo.api", "sslzoo.runs", "sslzoo.predict", "sslzoo.flags")),  # what a Python user calls
     ("bench", ("sslzoo.bench",)),                            # grids of runs, tables, plots
     ("benchmarks", ("sslzoo.benchmarks",)),                  # the throughput benchmark
     ("cli", ("sslzoo.cli", "sslzoo.__main__", "sslzoo")),    # the command line; "sslzoo" is the package facade

@@ -16,6 +16,13 @@ it is how label-guessing passes and extra passes avoid biasing the evaluation st
 Random draws (lambda, the permutation) come from the generator of the batch's own device
 (seeded by the trainer and saved in checkpoints), so runs are reproducible and resumable,
 and a CUDA step never waits for a host-side draw to be copied in.
+
+Distributed (a documented exception to "N processes = one process with the N x batch",
+docs/reliability.md): each process mixes within its own batch, as USB does (its
+``mixup_one_target`` permutes the GPU's batch; the official MixMatch code runs on one GPU).
+Mixing across processes would gather every process's images each step. Every process also
+draws the same lambdas and permutation (the training generator is seeded alike on every rank,
+as in USB), so rank r's row i is mixed with the same weight and partner position as rank 0's.
 """
 from __future__ import annotations
 
@@ -135,10 +142,10 @@ def mixed_forward(model: nn.Module, mixed: Tensor, batch_size: int, mode: str = 
 
     "concat": one pass over [mixed, *extra] (batch-norm statistics over all of it: a
     single-pass equivalent of interleaving, and one gradient pass, which DDP needs).
-    "separate": MixMatch's official scheme as USB runs it: the mixed batch is split
-    into chunks of ``batch_size`` and interleaved, only the first chunk's pass updates
-    batch-norm running statistics, and each ``extra`` input gets its own pass with
-    frozen statistics.
+    "separate": MixMatch's official scheme: the mixed batch is split into chunks of
+    ``batch_size`` and interleaved, only the first chunk's pass updates batch-norm
+    running statistics, and each ``extra`` input gets its own pass with frozen
+    statistics. (USB HEAD splits and freezes the same way but does not interleave.)
     """
     if mode == "concat":
         logits, feats = model(torch.cat([mixed, *extra]))

@@ -18,7 +18,15 @@ from .distributed import DistContext
 
 @dataclass
 class StepContext:
-    """Where training is, plus the capabilities an algorithm may ask for."""
+    """Where training is, plus the capabilities an algorithm may ask for.
+
+    ``labeled_loss()``: per-sample cross-entropy [N_l] of the TRAINING model, in eval mode, over
+    the whole labeled training set in the view the algorithm trains on; on the device, the
+    same on every rank (each computes a shard; gathered). It is an evaluation pass over the
+    labeled set with host-side work, so a policy calls it from ``ThresholdPolicy.before_step``
+    (outside the sync-free step), and rarely: Dash once, after its warm-up, for rho_hat.
+    None outside the trainer.
+    """
 
     epoch: int                       # 0-based epoch index
     iteration: int                   # 0-based iteration within the epoch
@@ -30,6 +38,7 @@ class StepContext:
     model: nn.Module | None = None   # the trained model (maybe DDP-wrapped), for algorithms with own forwards
     ema_model: nn.Module | None = None  # the EMA teacher (MeanTeacher), evaluation model
     forward_mode: str = "concat"     # "concat": one pass over all inputs; "separate": one pass per input
+    labeled_loss: Callable[[], Tensor] | None = None   # see above (Dash's rho_hat)
 
     @property
     def progress(self) -> float:
@@ -64,7 +73,7 @@ class PolicyInput:
 
     probs: Tensor                     # [B_u, C] pseudo-label distribution
     index: Tensor | None = None       # [B_u] unlabeled pool positions
-    labeled_loss: Tensor | None = None  # [B_l] per-sample supervised cross-entropy (Dash's rho_hat)
+    labeled_loss: Tensor | None = None  # [B_l] per-sample supervised cross-entropy of this labeled batch
     labeled_probs: Tensor | None = None  # [B_l, C] softmax of the labeled (weak) logits (AdaMatch)
 
 
@@ -89,6 +98,10 @@ class ThresholdPolicy:
 
     def weights(self, inp: PolicyInput, ctx: StepContext) -> Tensor:
         raise NotImplementedError
+
+    def before_step(self, ctx: StepContext) -> None:
+        """Called by the trainer before each training step, outside the sync-free step: the place for
+        rare host-side work such as an evaluation pass (``ctx.labeled_loss()``, Dash's rho_hat)."""
 
     def update(self, inp: PolicyInput, ctx: StepContext) -> None:
         """Per-step state update, after ``weights`` (or before it when ``update_first``)."""
@@ -140,3 +153,13 @@ def _kwargs_with_defaults(cls: type, skip: Sequence[str] = ()) -> dict[str, Any]
 
 def policy_hyperparameters(cls: type) -> dict[str, Any]:
     return _kwargs_with_defaults(cls)
+
+
+def histogram(index: Tensor, bins: int, weights: Tensor | None = None) -> Tensor:
+    """Float counts (or summed ``weights``) of ``index`` in ``bins`` bins, without a host sync.
+
+    Why not ``torch.bincount``: on a GPU it reads ``index.max()`` back to the host to size its
+    output, even when ``minlength`` is given; an ``index_add_`` into a fixed-size zero vector does not.
+    """
+    w = torch.ones_like(index, dtype=torch.float32) if weights is None else weights.float()
+    return torch.zeros(bins, dtype=torch.float32, device=index.device).index_add_(0, index.long(), w)

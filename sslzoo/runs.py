@@ -3,7 +3,8 @@
 ``sslzoo.load_run(path)`` returns a :class:`Run`; ``sslzoo eval``, ``calibration``, ``plot --tsne``
 and ``predict`` are built on it. Predictions go through the run's own evaluation path
 (:class:`sslzoo.evaluation.Predictor`: same device type, autocast and memory layout as the
-trainer), so re-evaluating a run reproduces its ``final_acc``.
+trainer), so re-evaluating a run reproduces its ``final_acc`` (``which="val"``: its
+``val_selected_acc``, ``which="best"``: its ``best_test_acc``).
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from . import checkpoint
+from .callbacks import BEST_FILES
 from .config import load_yaml, parse_switch
 from .data.base import ImageSet
 from .data.pipeline import augment_config
@@ -25,6 +27,9 @@ from .device import amp_dtype, pick_device
 from .errors import SSLZooError
 from .evaluation import Predictor
 from .models import build_backbone
+from .predict import Predictions, predict_images
+
+MODEL_FILES = {"final": "checkpoint.pt", **BEST_FILES}   # load_run's ``which`` -> the file of that model
 
 
 @dataclass
@@ -39,6 +44,9 @@ class Run:
     predictor: Predictor
     overrides: dict[str, Any] = field(default_factory=dict)
     _data: RunData | None = None
+    which: str = "final"             # final | val | best: which of the run's saved models this is
+    epoch: int | None = None         # the epoch after which that model was saved (None: mid-epoch)
+    image_size: int = 0              # the side the run's images were resized to
 
     @property
     def cfg(self) -> dict[str, Any]:
@@ -61,21 +69,36 @@ class Run:
         """(softmax probabilities [N, C], labels [N], features or None) over an image set."""
         return self.predictor(self.model, images, view, seed, with_features=with_features)
 
+    def predict(self, images: Any) -> Predictions:
+        """Predict image files, folders, glob patterns, PIL images or uint8 arrays (one or a list).
 
-def load_run(path: str | Path, device: str = "auto", overrides: dict[str, Any] | None = None, *,
-             model: nn.Module | None = None) -> Run:
-    """Load ``path`` (``config.yaml`` + ``checkpoint.pt``). ``overrides``: config keys that change
-    which data is loaded (e.g. ``test_dataset``), never the model. ``model``: the network of a run
-    trained with your own module (``sslzoo.fit(backbone=net)``), whose weights are then loaded."""
+        Files are decoded and resized as the run's data sets were (no face-box crop: give aligned
+        face crops) and go through :meth:`predict_set`, in chunks. Unreadable files are skipped and
+        listed in the result's ``skipped``; an SSLZooError when nothing is readable.
+        """
+        return predict_images(self, images)
+
+
+def load_run(path: str | Path, device: str | None = "auto", overrides: dict[str, Any] | None = None, *,
+             model: nn.Module | None = None, which: str = "final") -> Run:
+    """Load ``path`` (``config.yaml`` + the model ``which`` names: ``final``, checkpoint.pt's EMA
+    model, the one metrics.json's ``final_acc`` measured; ``val``, best_val.pt, the epoch with the best
+    validation accuracy; ``best``, best_test.pt, the best test epoch). ``device``: ``None`` is the run's
+    own setting. ``overrides``: config keys that change which data is loaded (e.g. ``test_dataset``),
+    never the model. ``model``: the network of a run trained with your own module
+    (``sslzoo.fit(backbone=net)``), whose weights are then loaded."""
     path = Path(path)
+    if which not in MODEL_FILES:
+        raise SSLZooError(f"which (--which) must be final, val or best; got {which!r}.")
     if not (path / "config.yaml").is_file():
         raise SSLZooError(f"'{path}' is not a finished run folder (no config.yaml).")
-    if not (path / "checkpoint.pt").is_file():
-        raise SSLZooError(f"'{path}' is not a finished run folder: it holds no model (no checkpoint.pt; the "
-                          f"run did not finish an epoch, or its checkpoint was deleted).")
     cfg = load_yaml(path / "config.yaml")
     metrics = _read_json(path / "metrics.json") or {}
-    state = checkpoint.load(path / "checkpoint.pt")
+    file = model_file(path, cfg, metrics, which)
+    state = checkpoint.load(file)
+    if state.get("config_hash") and metrics.get("config_hash") and state["config_hash"] != metrics["config_hash"]:
+        raise SSLZooError(f"'{file}' was saved by another run in this folder (config hash {state['config_hash']}; "
+                          f"metrics.json's is {metrics['config_hash']}): delete it, or evaluate another --which.")
     classes, size = tuple(metrics.get("classes") or ()), cfg.get("image_size") or metrics.get("image_size")
     data = None
     if not classes or not size:   # an older run folder: its data set says
@@ -91,7 +114,7 @@ def load_run(path: str | Path, device: str = "auto", overrides: dict[str, Any] |
         model = build_backbone({k: v for k, v in cfg["backbone"].items() if k not in ("weights", "pretrained")},
                                len(classes), int(size))
     model.load_state_dict(state["ema"]["module"])
-    dev = pick_device(device)
+    dev = pick_device(device or str(cfg.get("device", "auto")))
     channels_last = parse_switch(cfg.get("channels_last", "auto"), "channels_last")
     channels_last = dev.type == "cuda" if channels_last is None else channels_last
     model = model.to(dev).eval()
@@ -99,7 +122,45 @@ def load_run(path: str | Path, device: str = "auto", overrides: dict[str, Any] |
         model = model.to(memory_format=torch.channels_last)
     predictor = Predictor(Views(int(size), augment_config(cfg["augment"])), dev, int(cfg["eval_batch_size"]),
                           amp_dtype(cfg.get("amp", "auto"), dev), channels_last)
-    return Run(path, cfg, metrics or None, model, classes, predictor, dict(overrides or {}), data)
+    return Run(path, cfg, metrics or None, model, classes, predictor, dict(overrides or {}), data, which,
+               _model_epoch(state, cfg), int(size))
+
+
+def model_file(path: Path, cfg: dict[str, Any], metrics: dict[str, Any], which: str) -> Path:
+    """The file holding the model ``which`` names, or an SSLZooError that says why it is not there."""
+    name = MODEL_FILES[which]
+    if (path / name).is_file():
+        return path / name
+    history = metrics.get("history") or []
+    if which == "final":
+        raise SSLZooError(f"'{path}' is not a finished run folder: it holds no model (no checkpoint.pt; the "
+                          f"run did not finish an epoch, or its checkpoint was deleted).")
+    if which == "val" and not _had_val_split(cfg, history):
+        why = ("the run had no validation split (val_per_class=0); train with --val-per-class N to keep the "
+               "model of the best validation epoch")
+    elif which == "best" and not cfg.get("save_best_test"):
+        why = ("the run did not keep it; train with --set save_best_test=true to keep the model of the best "
+               "test epoch (or use --which val: model selection on a validation split)")
+    elif not history:
+        why = "the run has not finished an epoch yet"
+    else:
+        why = "it was deleted, or the run was trained by an sslzoo version that did not keep it"
+    raise SSLZooError(f"'{path}' holds no {name} (the model --which {which} asks for): {why}.")
+
+
+def _had_val_split(cfg: dict[str, Any], history: list[dict[str, Any]]) -> bool:
+    """Whether the run evaluated a validation split (``sslzoo.fit(val=...)`` brings one with val_per_class=0)."""
+    if history:
+        return any(e.get("val_acc") is not None for e in history)
+    return bool(cfg.get("val_per_class"))
+
+
+def _model_epoch(state: dict[str, Any], cfg: dict[str, Any]) -> int | None:
+    """The epoch a saved model ends (a best_*.pt says; checkpoint.pt: its step, None mid-epoch)."""
+    if state.get("epoch") is not None:
+        return int(state["epoch"])
+    step, iters = state.get("step"), int(cfg.get("iters_per_epoch") or 0)
+    return int(step) // iters if step is not None and iters and int(step) % iters == 0 else None
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:

@@ -35,7 +35,7 @@ from . import checkpoint
 from .algorithm import Batch, EpochContext, SSLAlgorithm, StepContext
 from .callbacks import Callback, default_callbacks
 from .config import config_hash, parse_switch
-from .data.pipeline import BatchPlan, StepBatches, augment_config, derive_seed, step_loader
+from .data.pipeline import BatchPlan, StepBatches, augment_config, derive_seed, realize, step_loader
 from .data.prepare import RunData, prepare
 from .data.views import Views, normalize_batch
 from .device import amp_dtype, autocast, default_workers, pick_device
@@ -45,10 +45,11 @@ from .errors import DivergedError, SSLZooError
 from .evaluation import Predictor, classification_metrics
 from .factory import build_algorithm, build_model, policy_label, seed_everything
 from .meter import Divergence, EpochMeter
-from .optim import build_optimizer, build_schedule
+from .optim import build_optimizer, build_schedule, clip_gradients, clip_norm
 from .run_record import package_versions, summarize, write_config, write_metrics, write_split
 
 MARGIN_STREAM = 7
+LABELED_LOSS_STREAM = 8   # the views of the labeled-loss pass (StepContext.labeled_loss)
 
 
 class Trainer:
@@ -158,8 +159,10 @@ class Trainer:
                 model, device_ids=[self.device.index] if cuda else None)
             self.dist.broadcast_([t for t in (*self.extra.parameters(), *self.extra.buffers())
                                   if not is_lazy(t)])   # lazy heads are made on first use, from the same RNG
-        self.ema = ModelEMA(model, cfg["ema"]["decay"], cfg["ema"]["warmup"])   # after DDP's broadcast
-        self.optimizer = build_optimizer(list(model.parameters()) + list(self.extra.parameters()), cfg["optim"])
+        self.ema = ModelEMA(model, cfg["ema"]["decay"], cfg["ema"]["warmup"],   # after DDP's broadcast
+                            cfg["ema"]["buffers"])
+        self.optimizer = build_optimizer([*model.named_parameters(), *self.extra.named_parameters()], cfg["optim"])
+        self.clip_grad = clip_norm(cfg["optim"])
         self.total_steps = cfg["epochs"] * cfg["iters_per_epoch"]
         self.scheduler = build_schedule(self.optimizer, cfg["schedule"], self.total_steps)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
@@ -170,8 +173,10 @@ class Trainer:
         unlabeled = self.data.unlabeled if self.algorithm.unlabeled_views else None
         self.algorithm.setup(len(self.data.unlabeled), self.device, num_labeled=len(self.data.labeled))
         plan = BatchPlan(cfg["batch_size"], cfg["mu"], cfg["iters_per_epoch"], self.dist.world_size, self.dist.rank)
+        self.views_on_device = self.views.on_training_device(self.device)
         self.batches = StepBatches(self.data.labeled, unlabeled, plan, cfg["seed"], self.algorithm.labeled_view,
-                                   self.algorithm.unlabeled_views, self.views, self.algorithm.extra_labeled_views)
+                                   self.algorithm.unlabeled_views, self.views, self.algorithm.extra_labeled_views,
+                                   build_views=not self.views_on_device)
         self.predictor = Predictor(self.views, self.device, cfg["eval_batch_size"], self.amp_dtype,
                                    self.channels_last)
         self._ready = True
@@ -181,15 +186,17 @@ class Trainer:
         return n if n >= 0 else default_workers(self.dist.world_size)
 
     def to_batch(self, raw: dict[str, Any]) -> Batch:
-        """A loader item (uint8 views, indices) as a normalized :class:`Batch` on the training device."""
-        d = self.device
+        """A loader item as a normalized :class:`Batch` on the training device (its views built
+        there from the raw rows when ``augment.device`` says so)."""
+        d, algo = self.device, self.algorithm
+        x_l, u_views, l_views = realize(raw, self.views, algo.labeled_view, algo.unlabeled_views,
+                                        algo.extra_labeled_views, d)
 
         def image(x: Tensor) -> Tensor:
             return normalize_batch(x, d, self.channels_last)
-        return Batch(image(raw["x_l"]), raw["y_l"].to(d, non_blocking=True),
-                     [image(v) for v in raw["u_views"]], raw["u_index"].to(d, non_blocking=True),
-                     raw["u_true"].to(d, non_blocking=True), raw["l_index"].to(d, non_blocking=True),
-                     [image(v) for v in raw["l_views"]])
+        return Batch(image(x_l), raw["y_l"].to(d, non_blocking=True), [image(v) for v in u_views],
+                     raw["u_index"].to(d, non_blocking=True), raw["u_true"].to(d, non_blocking=True),
+                     raw["l_index"].to(d, non_blocking=True), [image(v) for v in l_views])
 
     def batch(self, step: int) -> Batch:
         """The batch of global ``step`` (a pure function of seed, step and rank), on the device."""
@@ -201,14 +208,25 @@ class Trainer:
     # -- evaluation -------------------------------------------------------------------------
     def evaluate(self, images, model: nn.Module | None = None) -> dict[str, Any]:
         """Metrics of the evaluation (EMA) model on a split, sharded over ranks and gathered."""
-        model = model or self.ema.module
+        probs, labels = self._predict_sharded(model or self.ema.module, images)
+        return classification_metrics(probs, labels, self.num_classes)
+
+    def _predict_sharded(self, model: nn.Module, images, view: str = "plain", seed: int = 0) -> tuple[Tensor, Tensor]:
+        """(probs, labels) of ``model`` over ``images`` on the device: each rank a shard, gathered in rank order."""
         shard = images.subset(np.arange(self.dist.rank, len(images), self.dist.world_size)) \
             if self.dist.enabled else images
-        probs, labels, _ = self.predictor(model, shard)
+        probs, labels, _ = self.predictor(model, shard, view, seed)
         if probs.dim() == 1:   # an empty shard (fewer images than ranks): keep the [0, C] shape for gathering
             probs = probs.reshape(0, self.num_classes)
-        probs, labels = self.dist.gather_uneven(probs.to(self.device)), self.dist.gather_uneven(labels.to(self.device))
-        return classification_metrics(probs, labels, self.num_classes)
+        return self.dist.gather_uneven(probs.to(self.device)), self.dist.gather_uneven(labels.to(self.device))
+
+    def labeled_loss(self) -> Tensor:
+        """Per-sample CE of the training model (eval mode) over the whole labeled set, in the view the
+        algorithm trains on: ``StepContext.labeled_loss`` (Dash's rho_hat). Training data only."""
+        probs, labels = self._predict_sharded(self.model, self.data.labeled, self.algorithm.labeled_view,
+                                              derive_seed(self.cfg["seed"], LABELED_LOSS_STREAM))
+        picked = probs.gather(1, labels.long()[:, None]).squeeze(1)
+        return -torch.log(picked.clamp_min(torch.finfo(picked.dtype).tiny))
 
     def epoch_context(self, epoch: int) -> EpochContext:
         """What policies and algorithms see at the start of ``epoch`` (0-based)."""
@@ -224,11 +242,20 @@ class Trainer:
         return compute
 
     # -- one step (sync-free) ---------------------------------------------------------------
+    def step_context(self, step: int) -> StepContext:
+        """Where training is at global ``step``, with the trainer's capabilities (``labeled_loss``)."""
+        epoch, it = divmod(step, self.cfg["iters_per_epoch"])
+        return StepContext(epoch, it, step, self.total_steps, self.cfg["iters_per_epoch"], self.num_classes,
+                           self.dist, self.train_model, self.ema.module, self.cfg["forward_mode"], self.labeled_loss)
+
+    def before_step(self, step: int) -> None:
+        """The policy's per-step hook, outside the sync-free step: rare host-side work (Dash's rho_hat pass)."""
+        if self.algorithm.policy is not None:
+            self.algorithm.policy.before_step(self.step_context(step))
+
     def train_step(self, batch: Batch, step: int, meter: EpochMeter) -> None:
         """One optimisation step at global ``step``; its losses and statistics go to ``meter`` on the device."""
-        epoch, it = divmod(step, self.cfg["iters_per_epoch"])
-        ctx = StepContext(epoch, it, step, self.total_steps, self.cfg["iters_per_epoch"], self.num_classes,
-                          self.dist, self.train_model, self.ema.module, self.cfg["forward_mode"])
+        ctx = self.step_context(step)
         self.train_model.train()
         with self.autocast():
             out = self.algorithm.step(self.train_model, batch, ctx)
@@ -237,6 +264,9 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(total).backward()
         self._sync_extra_grads()
+        if self.clip_grad is not None:   # on the true gradients: fp16's scaler unscales them first
+            self.scaler.unscale_(self.optimizer)
+            clip_gradients(self.optimizer, self.clip_grad)
         if self._optimizer_step():
             self.scheduler.step()
             self.ema.update(self.model)
@@ -321,6 +351,7 @@ class Trainer:
                     if self._stop_signal is None or self.dist.enabled:
                         raise
                     self._interrupt(step, meter)
+                self.before_step(step)
                 self.train_step(self.to_batch(raw), step, meter)
                 meter.seconds += time.perf_counter() - tic
                 for cb in self.callbacks:

@@ -16,6 +16,7 @@ from sslzoo.algorithm import Batch, StepContext
 from sslzoo.algorithms.marginmix import (ClassCentroids, MarginMix, centroid_margin_loss, centroid_probs,
                                          squared_distances)
 from sslzoo.algorithms.mixmatch import MixMatch, guess_labels, probs_mse, soft_ce
+from sslzoo.distributed import DistContext
 from sslzoo.mixup import mix, sample_lambda, sharpen
 from sslzoo.trainer import build_algorithm, train
 from tests.conftest import TinyNet, tiny_config
@@ -36,8 +37,11 @@ def make_batch(seed=0):
     return Batch(x_l, y_l, views, torch.arange(6), torch.tensor([0, 1, -1, 2, 2, 0]))
 
 
-class DoublingDist:
+class DoublingDist(DistContext):
     """Two ranks that saw the same batch: all_reduce(sum) doubles, as torch.distributed would."""
+
+    def __init__(self):
+        super().__init__(rank=0, world_size=2)
 
     def all_reduce(self, t, op="sum"):
         return t * 2 if op == "sum" else t

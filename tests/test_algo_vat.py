@@ -209,7 +209,7 @@ def test_extra_passes_leave_bn_statistics_and_parameter_gradients_alone():
     u = torch.randn(5, 3, 6, 6)
     batch = _batch(u)
     forward(reference, batch, "concat")              # what the trainer's own pass does to the statistics
-    res = VAT(3).step(model, batch, ctx())
+    VAT(3).step(model, batch, ctx())
     for (name, a), b in zip(model.named_buffers(), reference.buffers()):
         assert torch.equal(a, b), name
     assert all(p.grad is None for p in model.parameters())       # the power iteration touched no .grad

@@ -184,7 +184,7 @@ def test_wandb_is_optional_and_asked_for_clearly(tmp_path, tiny, monkeypatch):
     monkeypatch.setitem(sys.modules, "wandb", None)     # as if not installed
     with pytest.raises(SSLZooError, match="pip install wandb"):
         train(tiny(tmp_path, loggers=["wandb"]))
-    with pytest.raises(SSLZooError, match="unknown logger"):
+    with pytest.raises(SSLZooError, match="must be a list of any of tensorboard, csv, wandb.*did you mean .tensorboard."):
         train(tiny(tmp_path, loggers=["tensorbord"]))
 
 

@@ -144,12 +144,12 @@ def test_builtin_suites_parse_and_default_resolves(tmp_path, monkeypatch):
     assert [m.overrides for m in scratch.methods] == [m.overrides for m in default.methods]
     t2 = G.load_suite("paper/table2")
     assert [m.name for m in t2.methods] == ["Baseline", "Pseudo-Labeling", "MixMatch", "UDA", "ReMixMatch",
-                                            "FixMatch", "Ada-CM"]
+                                            "FixMatch", "Ada-CM", "Fully Supervised"]
     assert [(s.dataset, s.labels) for s in t2.settings] == [
         ("rafdb", 100), ("rafdb", 400), ("rafdb", 2000), ("rafdb", 4000), ("sfew", 100), ("sfew", 400),
-        ("affectnet", 2000), ("affectnet", 10000)]
+        ("affectnet", 2000), ("affectnet", 10000), ("rafdb", "all"), ("sfew", "all"), ("affectnet", "all")]
     assert t2.seeds == [0, 1, 2, 3, 4] and all(s.overrides.get("unlabeled_extra") == "rafdb"
-                                                for s in t2.settings if s.dataset == "sfew")
+                                                for s in t2.settings if s.dataset == "sfew" and s.labels != "all")
     _, _, _, cells = _cells(["--out", str(tmp_path / "b")])     # bare `sslzoo bench` = the default suite
     assert {c.cfg["algo"] for c in cells} == {"supervised", "fixmatch", "adacm"} and len(cells) == 9
     assert all(c.cfg["backbone"]["pretrained"] == "simclr_faces" for c in cells)
@@ -254,28 +254,95 @@ def test_bench_records_failures_writes_outputs_and_resumes(tmp_path, capsys):
     assert "\\begin{tabular}" in capsys.readouterr().out and "[metric: best]" in (out / "table.md").read_text()
 
 
-def test_killed_bench_loses_and_duplicates_nothing(tmp_path):
-    """SIGKILL a bench (a forked copy of this process: no interpreter start-up) after its first run."""
+PAUSE_PLUGIN = '''
+import os
+import time
+from pathlib import Path
+
+from sslzoo.algorithms.supervised import Supervised
+from sslzoo.registry import register_algorithm
+
+
+@register_algorithm("supervised_pause_test")
+class PauseOnce(Supervised):
+    """Supervised; the first run to reach the 2nd step of its 2nd epoch writes a marker file and waits
+    there (test only: a kill then lands mid-epoch, known without timing)."""
+
+    name = "supervised_pause_test"
+
+    def step(self, model, batch, ctx):
+        marker = Path(os.environ["SSLZOO_TEST_PAUSE"])
+        if (ctx.epoch, ctx.iteration) == (1, 1) and not marker.exists():
+            marker.write_text("paused")
+            time.sleep(600)
+        return super().step(model, batch, ctx)
+'''
+
+
+def _bench_in_own_group(argv: list[str]) -> None:
+    os.setpgid(0, 0)   # the bench and the runs it starts form one process group, as a batch job's do
+    main(argv)
+
+
+@pytest.mark.parametrize("kill", ["bench", "group"])
+def test_killed_bench_loses_and_duplicates_nothing(tmp_path, monkeypatch, kill):
+    """SIGKILL a bench (a forked copy of this process: no interpreter start-up).
+
+    "bench": the bench process alone, after its first run; the orphaned second run checkpoints and stops.
+    "group": the bench's whole process group (as a dying node or ``kill -9`` of a job does) while its first
+    run is in the middle of its 2nd epoch: the run dies without saving, and the rerun continues it from its
+    epoch-1 checkpoint, losing only the partial epoch. benchmarks/kill_resume.py SIGKILLs the group of a
+    6-run ``--jobs 2`` bench at random moments and compares the rows with an uninterrupted bench's.
+    """
     import multiprocessing
-    out = tmp_path / "bench"
-    argv = ["bench", "--algos", "supervised", "--dataset", "synthfer", "--labels", "35", "--seeds", "2",
-            "--out", str(out), "--no-plots", *TINY_FLAGS]
-    first, second = out / "runs/synthfer-35/supervised/seed0", out / "runs/synthfer-35/supervised/seed1"
-    bench = multiprocessing.get_context("fork").Process(target=main, args=(argv,))
+    from sslzoo import checkpoint
+    from sslzoo.registry import ALGORITHMS
+    out, algo, extra = tmp_path / "bench", "supervised", []
+    paused = tmp_path / "paused"
+    if kill == "group":
+        (tmp_path / "pause.py").write_text(PAUSE_PLUGIN)
+        monkeypatch.setenv("SSLZOO_TEST_PAUSE", str(paused))
+        monkeypatch.setattr(ALGORITHMS, "_items", dict(ALGORITHMS._items))   # the test algorithm: this test only
+        algo, extra = "supervised_pause_test", ["--plugin", str(tmp_path / "pause.py"), "--epochs", "2"]
+    argv = ["bench", "--algos", algo, "--dataset", "synthfer", "--labels", "35", "--seeds", "2",
+            "--out", str(out), "--no-plots", *TINY_FLAGS, *extra]
+    first, second = out / f"runs/synthfer-35/{algo}/seed0", out / f"runs/synthfer-35/{algo}/seed1"
+    bench = multiprocessing.get_context("fork").Process(target=_bench_in_own_group if kill == "group" else main,
+                                                        args=(argv,))
     bench.start()
-    try:   # kill it once the first run has finished and the second one has been started
+    try:   # "bench": once the first run has finished and the second one has been started
         deadline = time.time() + 120
-        while not ((first / "result.json").exists() and _starts(second)):
-            assert bench.is_alive() and time.time() < deadline, "the bench ended before its second run started"
+        while not (paused.exists() if kill == "group" else (first / "result.json").exists() and _starts(second)):
+            assert bench.is_alive() and time.time() < deadline, "the bench ended before the moment to kill it"
             time.sleep(0.05)
-        time.sleep(0.3)
+        if kill == "bench":
+            time.sleep(0.3)
     finally:
-        os.kill(bench.pid, signal.SIGKILL)
+        if kill == "group" and paused.exists():
+            os.killpg(bench.pid, signal.SIGKILL)
+        else:
+            os.kill(bench.pid, signal.SIGKILL)
         bench.join()
+    if kill == "group":
+        while True:   # the paused run is gone too (killed with its group, then reaped)
+            try:
+                os.killpg(bench.pid, 0)
+            except ProcessLookupError:
+                break
+            assert time.time() < deadline + 60, "a process of the killed group is still alive"
+            time.sleep(0.05)
+        assert checkpoint.load(first / "checkpoint.pt")["step"] == 3           # the end of epoch 1 (3 iterations)
+        assert json.loads((first / "metrics.json").read_text())["status"] == "running"
+        assert not (first / "result.json").exists() and _starts(second) == 0
     before = (first / "metrics.json").stat().st_mtime_ns
-    assert main(argv) == 0     # waits for the orphaned run to stop (it checkpoints), then resumes / restarts it
+    assert main(argv) == 0     # "bench": waits for the orphaned run to stop (it checkpoints), then resumes it
     df = pd.read_csv(out / "results.csv")
     assert sorted(df["seed"]) == [0, 1] and set(df["status"]) == {"finished"}
+    if kill == "group":
+        assert (first / "log.txt").read_text().count(" resuming ") == 1 and _starts(first) == 2
+        assert _starts(second) == 1
+        assert [json.loads((d / "metrics.json").read_text())["epochs_done"] for d in (first, second)] == [2, 2]
+        return
     assert (first / "metrics.json").stat().st_mtime_ns == before and _starts(first) == 1
     assert _starts(second) == 2
     metrics = json.loads((second / "metrics.json").read_text())

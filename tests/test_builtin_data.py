@@ -36,7 +36,7 @@ def test_synthfer_shapes_dtypes_and_ids():
     assert b.train.images.dtype == np.uint8 and b.train.labels.dtype == np.int64
     assert b.train.ids[123] == "synthfer/train/000123" and b.test.ids[0] == "synthfer/test/000000"
     assert set(np.unique(b.train.labels)) == set(range(7)) == set(np.unique(b.test.labels))
-    assert b.train.images.std() > 20          # not blank
+    assert np.asarray(b.train.images).std() > 20          # not blank
 
 
 @pytest.mark.parametrize("size", [24, 40, 96])
@@ -99,13 +99,14 @@ def test_default_noise_rate():
     assert into[FER7.index("happiness")] > 4 * into[FER7.index("fear")]
 
 
-def test_cache_reused(monkeypatch, _cache):
+def test_cache_reused_and_memory_mapped(monkeypatch, _cache):
     first = _load()
-    files = list(_cache.glob("synthfer-*.npz"))
-    assert len(files) == 1 and not first.info["from_cache"]
-    assert not list(_cache.glob("*.tmp"))
+    entries = list((_cache / "decoded").glob("synthfer-32px-*"))
+    assert len(entries) == 1 and not first.info["from_cache"]
+    assert not list((_cache / "decoded").glob(".tmp-*"))
+    assert first.train.images.is_memory_mapped() and first.test.images.is_memory_mapped()
 
-    def boom(opts):
+    def boom(opts, out=None):
         raise AssertionError("regenerated although a valid cache exists")
 
     monkeypatch.setattr(sf, "generate", boom)
@@ -117,20 +118,26 @@ def test_cache_reused(monkeypatch, _cache):
 
 def test_cache_key_depends_on_options():
     a = sf.cache_path(sf.SynthFEROptions(**SMALL))
-    assert a.name.startswith("synthfer-") and a.suffix == ".npz"
+    assert a.name.startswith("synthfer-32px-") and a.parent.name == "decoded"
     assert a != sf.cache_path(sf.SynthFEROptions(**SMALL, data_seed=1))
     assert a != sf.cache_path(sf.SynthFEROptions(**SMALL, image_size=48))
 
 
-@pytest.mark.parametrize("damage", ["garbage", "truncate"])
+@pytest.mark.parametrize("damage", ["garbage", "truncate", "labels"])
 def test_corrupted_cache_regenerated(_cache, damage):
-    first = _load()
-    path = sf.cache_path(sf.SynthFEROptions(**SMALL))
+    import json
+    first = np.asarray(_load().test.images)   # read now: damaging a mapped file in place would pull it away
+    path = sf.cache_path(sf.SynthFEROptions(**SMALL)) / ("meta.json" if damage == "labels" else "images.npy")
     data = path.read_bytes()
-    path.write_bytes(b"not a zip file" if damage == "garbage" else data[: len(data) // 2])
+    if damage == "labels":   # readable, but a label out of the 7 classes
+        meta = json.loads(data)
+        meta["labels"][0] = 9
+        path.write_text(json.dumps(meta))
+    else:
+        path.write_bytes(b"not an npy file" if damage == "garbage" else data[: len(data) // 2])
     again = _load()
     assert not again.info["from_cache"]
-    np.testing.assert_array_equal(first.test.images, again.test.images)
+    np.testing.assert_array_equal(first, again.test.images)
     assert _load().info["from_cache"]         # the rewritten cache file is valid
 
 
@@ -165,7 +172,7 @@ def test_digits():
     assert len(b.train) + len(b.test) == 1797
     assert len(b.test) == pytest.approx(0.3 * 1797, abs=2)
     assert b.train.images.shape[1:] == (32, 32, 3) and b.train.images.dtype == np.uint8
-    assert b.train.labels.dtype == np.int64 and b.train.images.max() > 200
+    assert b.train.labels.dtype == np.int64 and np.asarray(b.train.images).max() > 200
     assert not set(b.train.ids) & set(b.test.ids)
     counts = np.bincount(b.test.labels, minlength=10)
     assert counts.min() >= 50 and counts.max() <= 56          # stratified

@@ -70,7 +70,7 @@ def test_list_finds_every_kind_with_its_size_and_age(cache):
     items = list_items()
     assert _names(items) == {p.name for p in paths.values()}
     by_name = {i.path.name: i for i in items}
-    assert by_name[paths["synth"].name].kind == "synthfer" and by_name[paths["synth"].name].bytes == 1000
+    assert by_name[paths["synth"].name].kind == "legacy" and by_name[paths["synth"].name].bytes == 1000
     assert by_name[paths["crash"].name].kind == "building" and by_name[paths["crash"].name].bytes == 10
     assert by_name["rafdb-4px-old"].kind == "decoded" and by_name["rafdb-4px-old"].bytes > 96
     assert not by_name["rafdb-4px-gone"].root_exists and by_name["rafdb-4px-new"].root_exists
@@ -80,7 +80,8 @@ def test_list_finds_every_kind_with_its_size_and_age(cache):
 def test_superseded_keeps_the_newest_entry_of_each_data_set_and_crop(cache):
     _, _, now = cache
     chosen = select_for_pruning(list_items(), superseded=True, now=now)
-    assert _names(chosen) == {"rafdb-4px-old"}        # "crop" differs in crop: not replaced by "new"
+    # "crop" differs in crop: not replaced by "new"; the old-format synthfer .npz is superseded
+    assert _names(chosen) == {"rafdb-4px-old", "synthfer-0123456789abcdef.npz"}
 
 
 def test_missing_root_older_than_and_all(cache):
@@ -110,7 +111,7 @@ def test_remove_frees_the_bytes_and_tolerates_items_already_gone(cache):
     paths["gone"].rename(paths["gone"].with_name("moved-away"))      # another process got there first
     freed, problems = remove(chosen)
     assert problems == [] and not paths["old"].exists()
-    assert freed == sum(i.bytes for i in chosen if i.path.name == "rafdb-4px-old")
+    assert freed == sum(i.bytes for i in chosen if i.path.name in ("rafdb-4px-old", "synthfer-0123456789abcdef.npz"))
     assert paths["new"].exists() and paths["crop"].exists()
 
 
@@ -122,11 +123,11 @@ def test_cli_list_dry_run_and_prune(cache, capsys):
 
     assert cli.main(["cache", "prune", "--superseded", "--dry-run"]) == 0
     out = capsys.readouterr().out
-    assert "would remove 1 item(s)" in out and "rafdb-4px-old" in out
+    assert "would remove 2 item(s)" in out and "rafdb-4px-old" in out
     assert paths["old"].exists()                                        # a dry run removes nothing
 
     assert cli.main(["cache", "prune", "--superseded", "--missing-root"]) == 0
-    assert "removed 2 item(s)" in capsys.readouterr().out
+    assert "removed 3 item(s)" in capsys.readouterr().out
     assert not paths["old"].exists() and not paths["gone"].exists() and paths["new"].exists()
 
     assert cli.main(["cache", "prune", "--superseded"]) == 0
@@ -163,3 +164,13 @@ def test_pretrained_backbones_are_listed_and_pruned_like_the_rest(tmp_path, monk
     assert "'simclr_faces'" in by_name[weights.name].description
     assert by_name[writing.name].kind == "building"
     assert _names(select_for_pruning(list_items(), older_than_days=2, now=now)) == {weights.name}
+
+
+def test_generated_data_is_listed_and_never_has_a_missing_root(tmp_path, monkeypatch):
+    """synthfer entries live under decoded/ (memory-mapped) but have no data folder to go missing."""
+    from sslzoo.data import builtin
+    monkeypatch.setenv("SSLZOO_CACHE", str(tmp_path))
+    builtin.synthfer(n_train=70, n_test=14, image_size=16)
+    (item,) = list_items()
+    assert item.kind == "decoded" and "synthfer, 84 images at 16 px generated" in item.description
+    assert item.root_exists and select_for_pruning([item], missing_root=True, superseded=True) == []

@@ -124,6 +124,9 @@ def test_dist_context_is_the_identity_in_one_process():
     t = torch.arange(6.0).reshape(3, 2)
     assert ctx.gather(t) is t and ctx.gather_uneven(t) is t and ctx.all_reduce(t, "mean") is t
     assert ctx.any(True) and not ctx.any(False)
+    assert ctx.gather_local_grad(t) is t and ctx.sum_local_grad(t) is t and ctx.replicated(t) is t
+    assert ctx.global_ratio(torch.tensor(3.0), torch.tensor(0.0), 0.5).item() == 6.0   # 3 / max(0, 0.5)
+    assert not DistContext.from_process_group().enabled   # no process group in this test process
     assert ctx.broadcast_object({"a": 1}) == {"a": 1}
     ctx.broadcast_([t])
     ctx.barrier()

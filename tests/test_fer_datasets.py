@@ -98,7 +98,7 @@ def test_rafdb_partition_counts_labels_ids(tmp_path):
     assert counts(b.train.labels, 7) == [3] * 7
     assert counts(b.test.labels, 7) == [1, 2, 1, 1, 1, 1, 1]
     assert b.train.images.dtype == np.uint8 and b.train.images.shape[1:] == (SIZE, SIZE, 3)
-    assert isinstance(b.train.images, np.memmap)
+    assert b.train.images.is_memory_mapped()
     assert_paired(b.train)
     assert_paired(b.test)
     for i, label in zip(b.train.ids + b.test.ids, b.train.labels.tolist() + b.test.labels.tolist()):
@@ -227,10 +227,10 @@ def test_affectnet_face_box_crop(tmp_path):
     forced = affectnet.affectnet(root=root, image_size=SIZE, crop="always")
     assert_paired(cropped.train)
     # the whole output (but the 2-pixel resampling border) is the face box's colour
-    inner = cropped.train.images[:, 2:-2, 2:-2, 0].astype(int)
+    inner = np.asarray(cropped.train.images)[:, 2:-2, 2:-2, 0].astype(int)
     wanted = np.array([fx.class_value(c) for c in cropped.train.labels])[:, None, None]
     assert np.all(np.abs(inner - wanted) <= 8)
-    assert np.all(np.abs(whole.train.images[:, 0, 0, :].astype(int) - fx.BACKGROUND) <= 8)
+    assert np.all(np.abs(np.asarray(whole.train.images)[:, 0, 0, :].astype(int) - fx.BACKGROUND) <= 8)
     assert np.array_equal(np.asarray(forced.train.images), np.asarray(cropped.train.images))
     assert len(entries(tmp_path)) == 3                                    # crop option is in the key
 
@@ -241,7 +241,7 @@ def test_affectnet_precropped_auto_does_not_crop(tmp_path):
     b = affectnet.affectnet(root=str(tmp_path / "an"), image_size=SIZE)
     assert b.info["label_files"]["train"] == "Manually_Annotated_file_lists/training.csv"
     assert_paired(b.train)
-    inner = b.train.images[:, 2:-2, 2:-2, 0].astype(int)
+    inner = np.asarray(b.train.images)[:, 2:-2, 2:-2, 0].astype(int)
     wanted = np.array([fx.class_value(c) for c in b.train.labels])[:, None, None]
     assert np.all(np.abs(inner - wanted) <= 8)
 
@@ -394,7 +394,7 @@ def test_cache_reused_then_invalidated(tmp_path, count_decodes):
     count_decodes.clear()
     off = folder.folder(root=root, image_size=16, cache=False)
     assert off.info["cache"]["dir"] is None and len(entries(tmp_path)) == n
-    assert not isinstance(off.train.images, np.memmap) and off.image_size == 16
+    assert not off.train.images.is_memory_mapped() and off.image_size == 16
 
 
 def test_crash_leaves_no_half_written_entry(tmp_path, monkeypatch):

@@ -1,8 +1,9 @@
-"""The throughput benchmark runs and reports its JSON shape; the batched data path is exact.
+"""The throughput benchmark runs and reports its JSON shape; batches are a pure function of (seed, step, rank).
 
-No timing assertions: timings on a shared machine are noise. What is checked is that
-the benchmark runs end to end with tiny sizes, and that the vectorized augmentations
-equal their per-image definitions and keep batches a pure function of (seed, step, rank).
+No timing assertions: timings on a shared machine are noise. What is checked is that the
+benchmark runs end to end with tiny sizes, and that a step's batch is the same whoever
+builds its views (loader workers or the training device) and however many workers there are.
+The augmentations themselves are checked against PIL in tests/test_augment.py.
 """
 from __future__ import annotations
 
@@ -13,67 +14,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 import yaml
 
 from sslzoo.data.base import ImageSet
 from sslzoo.data.pipeline import BatchPlan, StepBatches, step_loader, view_batches
-from sslzoo.data.views import AugmentConfig, Views, crop_flip, cutout_batch, fill_boxes, normalize_batch
+from sslzoo.data.views import AugmentConfig, Views, normalize_batch
 
 REPO = Path(__file__).resolve().parent.parent
 
 
-# -- the batched views equal their per-image definitions ---------------------------------------
-def test_crop_flip_equals_reflect_pad_then_slice():
-    gen = torch.Generator().manual_seed(0)
-    x = torch.randint(0, 256, (12, 3, 10, 7), dtype=torch.uint8, generator=gen)
-    pad = 3
-    offsets = torch.randint(-pad, pad + 1, (12, 2), generator=gen)
-    offsets[0] = torch.tensor([-pad, pad])          # the extreme corners are covered
-    offsets[1] = torch.tensor([pad, -pad])
-    flip = torch.arange(12) % 2 == 0
-    out = crop_flip(x, offsets, flip)
-    for i in range(12):   # reference: the per-image definition (float round trip for F.pad's reflect)
-        padded = F.pad(x[i][None].float(), (pad,) * 4, mode="reflect")[0].to(torch.uint8)
-        dy, dx = offsets[i].tolist()
-        ref = padded[:, pad + dy:pad + dy + 10, pad + dx:pad + dx + 7]
-        assert torch.equal(out[i], ref.flip(-1) if flip[i] else ref), i
-
-
-def test_crop_flip_identity_without_offset_or_flip():
-    x = torch.arange(2 * 3 * 4 * 5, dtype=torch.uint8).view(2, 3, 4, 5)
-    assert torch.equal(crop_flip(x, torch.zeros(2, 2, dtype=torch.long), torch.zeros(2, dtype=torch.bool)), x)
-    flipped = crop_flip(x, torch.zeros(2, 2, dtype=torch.long), torch.ones(2, dtype=torch.bool))
-    assert torch.equal(flipped, x.flip(-1))
-
-
-def test_fill_boxes_equals_slice_assignment():
-    x = torch.zeros(3, 3, 6, 6, dtype=torch.uint8)
-    y0, y1 = torch.tensor([0, 2, 3]), torch.tensor([2, 5, 3])   # the last box is empty
-    x0, x1 = torch.tensor([1, 0, 0]), torch.tensor([4, 6, 6])
-    out = fill_boxes(x, y0, y1, x0, x1, value=127)
-    ref = x.clone()
-    for i in range(3):
-        ref[i, :, y0[i]:y1[i], x0[i]:x1[i]] = 127
-    assert torch.equal(out, ref)
-    assert int((out[2] != 0).sum()) == 0
-
-
-def test_cutout_boxes_have_the_configured_size_bound():
-    torch.manual_seed(1)
-    x = torch.zeros(200, 3, 16, 16, dtype=torch.uint8)
-    out = cutout_batch(x, 0.5)
-    area = (out[:, 0] == 127).sum(dim=(1, 2))
-    assert int(area.max()) <= 8 * 8 and int(area.max()) > 0
-    assert torch.equal(out[:, 0], out[:, 2])   # the same square in every channel
-
-
-def test_padding_as_large_as_the_image_is_a_user_error():
-    from sslzoo.errors import SSLZooError
-    with pytest.raises(SSLZooError, match="crop_padding"):
-        Views(8, AugmentConfig(crop_padding=1.0))
-
-
+# -- normalisation and the step stream -------------------------------------------------------
 def test_normalize_batch_matches_formula():
     x = torch.randint(0, 256, (2, 3, 4, 4), dtype=torch.uint8)
     mean = torch.tensor((0.485, 0.456, 0.406)).view(1, 3, 1, 1)
@@ -93,10 +43,10 @@ def _pools(n: int = 60, size: int = 12) -> tuple[ImageSet, ImageSet]:
     return make(n // 3, "l"), make(n, "u")
 
 
-def _batches(seed: int = 3) -> StepBatches:
+def _batches(seed: int = 3, build_views: bool = True) -> StepBatches:
     labeled, unlabeled = _pools()
     return StepBatches(labeled, unlabeled, BatchPlan(4, 2, 5), seed, "weak", ("weak", "strong"),
-                       Views(12, AugmentConfig()))
+                       Views(12, AugmentConfig()), build_views=build_views)
 
 
 def _equal(a: dict, b: dict) -> bool:
@@ -119,6 +69,16 @@ def test_step_batches_are_pure_and_leave_the_global_rng_alone():
     assert [v.shape[0] for v in b7["u_views"]] == [8, 8]
 
 
+def test_views_built_on_the_training_device_equal_views_built_in_the_loader():
+    from sslzoo.data.pipeline import realize
+    views = Views(12, AugmentConfig())
+    for step in (0, 4, 7):
+        built, raw = _batches()[step], _batches(build_views=False)[step]
+        assert "raw" in raw and "x_l" not in raw
+        x_l, u_views, _ = realize(raw, views, "weak", ("weak", "strong"), (), torch.device("cpu"))
+        assert torch.equal(x_l, built["x_l"]) and all(torch.equal(a, b) for a, b in zip(u_views, built["u_views"]))
+
+
 def test_loader_output_does_not_depend_on_worker_count():
     sb = _batches()
     serial = list(step_loader(sb, 2, 6, 0, False))
@@ -137,7 +97,7 @@ def test_view_batches_deterministic_and_isolated():
         interleaved.append(x)
     assert all(torch.equal(a, b) for a, b in zip(first, interleaved))
     plain = torch.cat([x for x, _ in view_batches(labeled, views, "plain", 0, 7)])
-    assert torch.equal(plain, torch.from_numpy(labeled.images).permute(0, 3, 1, 2))
+    assert torch.equal(plain, torch.from_numpy(np.asarray(labeled.images)).permute(0, 3, 1, 2))
 
 
 # -- the benchmark itself ----------------------------------------------------------------------
@@ -150,7 +110,8 @@ def test_throughput_cli_emits_json_shape(tmp_path, tiny, capsys):
     out = tmp_path / "throughput.json"
     rc = main(["throughput", "--config", str(cfg_file), "--algos", "supervised,fixmatch",
                "--repeats", "1", "--iters", "1", "--warmup", "0", "--loader-steps", "1",
-               "--e2e-steps", "1", "--e2e-warmup", "1", "--e2e-repeats", "1", "--workdir", str(tmp_path / "work"), "--json", str(out)])
+               "--e2e-steps", "1", "--e2e-warmup", "1", "--e2e-repeats", "1", "--workdir", str(tmp_path / "work"),
+               "--no-augment", "--json", str(out)])
     assert rc == 0
     result = json.loads(out.read_text())
     assert set(result) == {"machine", "config", "algorithms"}
@@ -170,6 +131,18 @@ def test_throughput_cli_emits_json_shape(tmp_path, tiny, capsys):
     assert "separate_over_concat" in fm and "separate_over_concat" not in sup
     table = capsys.readouterr().out
     assert "| fixmatch |" in table and "step/raw" in table
+
+
+def test_augment_only_reports_the_three_ways_side_by_side(tmp_path, capsys):
+    from sslzoo.cli import main
+    out = tmp_path / "augment.json"
+    assert main(["throughput", "--augment-only", "--augment-size", "32", "--json", str(out)]) == 0
+    aug = json.loads(out.read_text())["augment"]
+    assert aug["image_size"] == 32 and aug["views_per_step"] == 16 + 16 * 3
+    for key in ("batched_img_s_per_core", "per_image_torchvision_img_s_per_core", "pil_img_s_per_core"):
+        assert aug[key] > 0
+    assert aug["batched_over_pil"] == pytest.approx(aug["batched_img_s_per_core"] / aug["pil_img_s_per_core"])
+    assert "batched / PIL" in capsys.readouterr().out
 
 
 def test_benchmarks_entry_point_is_the_same_command(monkeypatch):

@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from sslzoo.algorithm import PolicyInput, StepContext
-from sslzoo.distributed import DistContext
 from sslzoo.policies import build_policy
 from sslzoo.policies.flexmatch import FlexMatchThreshold, flexmatch_mapping, learning_effect
+from tests.ddp_global_worker import assert_policy_matches_one_process
 
 CTX = StepContext(epoch=0, iteration=0, step=0, total_steps=10, iters_per_epoch=10, num_classes=3)
 
@@ -108,28 +108,11 @@ def test_update_records_only_confident_predictions_after_the_mask():
         p.update(PolicyInput(probs, None), CTX)
 
 
-class _TwoRanks(DistContext):
-    """Rank 0 of a fake 2-process group: gather appends the other rank's queued tensors."""
-
-    def __init__(self, peer: list[torch.Tensor]):
-        super().__init__(rank=0, world_size=1)
-        self.peer = list(peer)
-
-    def gather(self, tensor):
-        return torch.cat([tensor, self.peer.pop(0).to(tensor.dtype)])
-
-
-def test_distributed_update_equals_one_process_with_the_whole_batch():
-    probs = torch.tensor([[0.96, 0.02, 0.02], [0.1, 0.1, 0.8], [0.01, 0.98, 0.01], [0.97, 0.02, 0.01]])
-    index = torch.tensor([3, 4, 7, 8])
-    single = _policy()
-    single.update(PolicyInput(probs, index), CTX)
-    conf, pred = probs[2:].max(1)
-    record = torch.where(conf >= 0.95, pred, -1)                 # what the other rank contributes
-    ctx = StepContext(0, 0, 0, 10, 10, 3, dist=_TwoRanks([index[2:], record]))
-    rank0 = _policy()
-    rank0.update(PolicyInput(probs[:2], index[:2]), ctx)
-    assert torch.equal(rank0.memory, single.memory)
+def test_two_process_gloo_run_equals_one_process_with_the_doubled_batch():
+    """Real gloo collectives: 2 processes with their halves of each batch take the 1-process decisions, bit
+    for bit, and end in its state (the per-sample memory is written from every rank's gathered indices
+    and confident predictions; tests/ddp_global_worker.py)."""
+    assert_policy_matches_one_process("flexmatch")
 
 
 def test_state_dict_round_trip_and_spec():

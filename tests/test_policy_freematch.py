@@ -8,10 +8,10 @@ import torch
 
 from sslzoo.algorithm import Batch, ForwardOutput, PolicyInput, StepContext
 from sslzoo.algorithms.freematch import FreeMatch, fairness_loss
-from sslzoo.distributed import DistContext
 from sslzoo.errors import SSLZooError
 from sslzoo.policies import build_policy
 from sslzoo.policies.freematch import FreeMatchThreshold
+from tests.ddp_global_worker import assert_policy_matches_one_process
 
 CTX = StepContext(epoch=0, iteration=0, step=0, total_steps=10, iters_per_epoch=10, num_classes=4)
 PROBS = torch.tensor([[0.7, 0.1, 0.1, 0.1],
@@ -76,22 +76,11 @@ def test_update_happens_before_the_mask():
     assert p(PolicyInput(probs), CTX).tolist() == [1.0, 0.0]            # tau = 0.7
 
 
-class _TwoRanks(DistContext):
-    def __init__(self, peer):
-        super().__init__(rank=0, world_size=1)
-        self.peer = list(peer)
-
-    def gather(self, tensor):
-        return torch.cat([tensor, self.peer.pop(0).to(tensor.dtype)])
-
-
-def test_distributed_update_equals_one_process_with_the_whole_batch():
-    single = _policy(momentum=0.9)
-    single.update(PolicyInput(PROBS), CTX)
-    rank0 = _policy(momentum=0.9)
-    rank0.update(PolicyInput(PROBS[:1]), StepContext(0, 0, 0, 10, 10, 4, dist=_TwoRanks([PROBS[1:]])))
-    for key, value in single.state_dict().items():
-        assert torch.allclose(value, rank0.state_dict()[key])
+def test_two_process_gloo_run_equals_one_process_with_the_doubled_batch():
+    """Real gloo collectives: 2 processes with their halves of each batch take the 1-process decisions, bit
+    for bit, and end in its state (the EMAs are updated from every rank's gathered probabilities;
+    tests/ddp_global_worker.py)."""
+    assert_policy_matches_one_process("freematch")
 
 
 def test_state_dict_round_trip_and_spec():

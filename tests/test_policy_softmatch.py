@@ -8,9 +8,9 @@ import torch
 
 from sslzoo.algorithm import Batch, ForwardOutput, PolicyInput, StepContext
 from sslzoo.algorithms.softmatch import SoftMatch
-from sslzoo.distributed import DistContext
 from sslzoo.policies import build_policy
 from sslzoo.policies.softmatch import SoftMatchWeights, truncated_gaussian_weights, uniform_alignment
+from tests.ddp_global_worker import assert_policy_matches_one_process
 
 CTX = StepContext(epoch=0, iteration=0, step=0, total_steps=10, iters_per_epoch=10, num_classes=4)
 
@@ -100,23 +100,11 @@ def test_alignment_mean_starts_at_first_batch_then_ema():
     assert w.item() == pytest.approx(truncated_gaussian_weights(conf2, p.mu, p.var).item(), rel=1e-6)
 
 
-class _TwoRanks(DistContext):
-    def __init__(self, peer):
-        super().__init__(rank=0, world_size=1)
-        self.peer = list(peer)
-
-    def gather(self, tensor):
-        return torch.cat([tensor, self.peer.pop(0).to(tensor.dtype)])
-
-
-def test_distributed_update_equals_one_process_with_the_whole_batch():
-    probs = torch.tensor([[0.7, 0.1, 0.1, 0.1], [0.4, 0.3, 0.2, 0.1], [0.1, 0.1, 0.2, 0.6]])
-    single = _policy(momentum=0.9)
-    single.update(PolicyInput(probs), CTX)
-    rank0 = _policy(momentum=0.9)
-    rank0.update(PolicyInput(probs[:1]), StepContext(0, 0, 0, 10, 10, 4, dist=_TwoRanks([probs[1:]])))
-    for key, value in single.state_dict().items():
-        assert torch.allclose(value.float(), rank0.state_dict()[key].float())
+def test_two_process_gloo_run_equals_one_process_with_the_doubled_batch():
+    """Real gloo collectives: 2 processes with their halves of each batch take the 1-process decisions, bit
+    for bit, and end in its state (the alignment mean, mu and sigma^2 are updated from every rank's
+    gathered probabilities; tests/ddp_global_worker.py)."""
+    assert_policy_matches_one_process("softmatch")
 
 
 def test_state_dict_round_trip_and_spec():

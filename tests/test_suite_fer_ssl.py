@@ -56,7 +56,7 @@ def test_every_cell_resolves_with_the_studys_protocol(tmp_path, data_roots):
         cfg = cell.cfg
         assert cfg["epochs"] * cfg["iters_per_epoch"] == 2 ** 20 and cfg["batch_size"] == 64
         assert cfg["optim"]["name"] == "sgd" and cfg["optim"]["lr"] == 0.03 and cfg["optim"]["nesterov"]
-        assert cfg["schedule"]["name"] == "cosine" and cfg["ema"] == {"decay": 0.999, "warmup": False}
+        assert cfg["schedule"]["name"] == "cosine" and cfg["ema"] == {"decay": 0.999, "warmup": False, "buffers": "copy"}
         assert cfg["mu"] == (7 if cfg["algo"] in ("fixmatch", "uda") else 1)
         assert cfg["split"] == "balanced" and cfg["data_root"] == data_roots[
             {"fer2013": "FER2013_ROOT", "rafdb": "RAFDB_ROOT", "affectnet": "AFFECTNET_ROOT"}[cfg["dataset"]]]

@@ -74,6 +74,8 @@ def register(subparsers: Any) -> None:
     sp.add_argument("--format", default="md", choices=["md", "csv", "latex", "tex"], help="what to print")
     sp.add_argument("--baseline", default=None, help="method to compare with (default: the bench's baseline)")
     sp.add_argument("--gains", action="store_true", help="add a 'Gain over <baseline>' row")
+    sp.add_argument("--ci", action="store_true", help="add the 95%% confidence interval of the mean to each cell "
+                                                      "(Student t with n-1 degrees of freedom)")
     sp.add_argument("--out", default=None, help="folder for the table files (default: the bench folder)")
     sp.set_defaults(func=cmd_table)
 
@@ -118,6 +120,10 @@ def register(subparsers: Any) -> None:
     sp.add_argument("--test-dataset", default=None, metavar="NAME",
                     help="evaluate on this data set's test split instead (same label space)")
     sp.add_argument("--test-data-root", default=None, metavar="PATH", help="where --test-dataset lives")
+    sp.add_argument("--which", default="final", choices=["final", "val", "best"],
+                    help="which saved model: final (checkpoint.pt, metrics.json's final_acc), val (best_val.pt, "
+                         "val_selected_acc; runs with a validation split) or best (best_test.pt, best_test_acc; "
+                         "runs trained with save_best_test=true)")
     sp.add_argument("--json", action="store_true", help="print the results as JSON (a list, one per run)")
     sp.add_argument("--device", default="auto")
     sp.add_argument("--plugin", action="append", default=[], metavar="FILE.py",
@@ -183,7 +189,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
     mine = shard(cells, i, n)
     n_settings = len({c.setting_id for c in cells})
     print(f"bench '{suite.name}': {len(suite.methods)} method(s) x {n_settings} setting(s) x "
-          f"{len(suite.seeds)} seed(s) = {len(cells)} runs"
+          f"{len(suite.seeds)} seed(s)"
+          + (f" = {len(cells)} runs" if len(cells) == len(suite.methods) * n_settings * len(suite.seeds) else
+             f": {len(cells)} runs (some methods run only in some settings)")
           + (f"; shard {i}/{n}: {len(mine)} runs" if n > 1 else "") + f" -> {out}", flush=True)
     if args.dry_run:
         from ..config import config_hash
@@ -285,7 +293,7 @@ def cmd_table(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else bench_dir
     ran, not_run = table_methods(df, manifest)
     paths = write_tables(table_frame(df), out, metric=metric, methods_order=ran,
-                         baseline=baseline if baseline in methods else None, gains=args.gains)
+                         baseline=baseline if baseline in methods else None, gains=args.gains, ci=args.ci)
     key = {"md": "md", "csv": "csv", "latex": "tex", "tex": "tex"}[args.format]
     print(paths[key].read_text(encoding="utf-8"), end="")
     if not_run:
@@ -313,7 +321,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     for plugin in args.plugin:
         load_plugin(plugin)
     results = [evaluate_run(run, split=args.split, test_dataset=args.test_dataset,
-                            test_data_root=args.test_data_root, device=args.device) for run in args.runs]
+                            test_data_root=args.test_data_root, device=args.device, which=args.which)
+               for run in args.runs]
     print(json.dumps(results, indent=1) if args.json else "\n\n".join(format_report(r) for r in results))
     return 0
 

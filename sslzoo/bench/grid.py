@@ -12,6 +12,10 @@ The command line comes last so that ``--epochs 1`` turns a whole paper suite int
 a smoke run. Its run folder is ``<out>/runs/<setting>/<method>/seed<k>``; the
 setting id is ``<dataset>-<labels>`` (``-on-<test_dataset>`` for cross-data-set
 evaluation) unless the setting has a ``name``.
+
+A suite crosses every method with every setting, except where a setting's ``methods:``
+or a method's ``settings:`` narrows that (the paper's "Fully Supervised" row runs only in
+the ``labels: all`` settings, and no SSL method runs there).
 """
 from __future__ import annotations
 
@@ -23,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
+from ..data.splits import LABELS_ALL
 from ..errors import SSLZooError
 
 SUITE_KEYS = ("name", "description", "defaults", "settings", "methods", "baseline", "metric")
@@ -38,14 +43,19 @@ def parse_list(text: str | None) -> list[str]:
     return [item.strip() for item in str(text).split(",") if item.strip()]
 
 
-def parse_labels(text: str | None) -> list[int]:
-    out = []
+def parse_labels(text: str | None) -> list[int | str]:
+    """``"70,140,all"`` -> ``[70, 140, "all"]`` (all: every known label)."""
+    out: list[int | str] = []
     for item in parse_list(text):
+        if item == LABELS_ALL:
+            out.append(item)
+            continue
         try:
             value = int(item)
         except ValueError:
-            raise SSLZooError(f"--labels expects label counts separated by commas (e.g. --labels 70,140); "
-                              f"'{item}' is not a whole number.") from None
+            raise SSLZooError(f"--labels expects label counts separated by commas (e.g. --labels 70,140, or "
+                              f"--labels 100,{LABELS_ALL} where {LABELS_ALL} labels every training image); "
+                              f"'{item}' is neither a whole number nor '{LABELS_ALL}'.") from None
         if value <= 0:
             raise SSLZooError(f"--labels: label counts must be positive; got {value}.")
         out.append(value)
@@ -124,9 +134,10 @@ class Setting:
     """A table column: a data set and a label count, plus optional config keys (e.g. unlabeled_extra)."""
 
     dataset: str | None
-    labels: int | None
+    labels: int | str | None        # a count, or "all"
     overrides: dict[str, Any] = field(default_factory=dict)
     name: str | None = None
+    methods: list[str] | None = None   # only these methods (names) run here; None: every method
 
     def layer(self) -> dict[str, Any]:
         layer = copy.deepcopy(self.overrides)
@@ -143,6 +154,7 @@ class Method:
 
     name: str
     overrides: dict[str, Any]
+    settings: list[str] | None = None   # only in these settings (ids, slugged); None: in every setting
 
     @property
     def algo(self) -> str:
@@ -195,7 +207,7 @@ class Cell:
         return f"{self.method} on {sid}, seed {self.seed}"
 
 
-def grid_suite(algos: Sequence[str], datasets: Sequence[str], labels: Sequence[int | None],
+def grid_suite(algos: Sequence[str], datasets: Sequence[str], labels: Sequence[int | str | None],
                seeds: Sequence[int]) -> Suite:
     """The ``--algos/--dataset/--labels/--seeds`` grid as a suite (method name = algorithm name)."""
     if not algos:
@@ -254,6 +266,7 @@ def load_suite(name_or_path: str | Path) -> Suite:
 
 
 def parse_suite(data: dict[str, Any], where: str = "suite") -> Suite:
+    from ..config import rule_at
     if not isinstance(data, dict):
         raise SSLZooError(f"{where}: a suite must be a mapping with 'methods' and 'settings'.")
     for key in data:
@@ -282,10 +295,12 @@ def parse_suite(data: dict[str, Any], where: str = "suite") -> Suite:
         s = copy.deepcopy(s)
         _no_seed_keys(s, f"{where}: settings[{i}]")
         labels = s.pop("labels")
-        if isinstance(labels, bool) or not isinstance(labels, int) or labels <= 0:
-            raise SSLZooError(f"{where}: settings[{i}].labels must be a positive whole number; got {labels!r}.")
+        wrong = rule_at("labels").fault(labels)
+        if wrong:
+            raise SSLZooError(f"{where}: settings[{i}].labels must be {wrong}; got {labels!r}.")
         name = s.pop("name", None)
-        settings.append(Setting(str(s.pop("dataset")), labels, s, None if name is None else slug(str(name))))
+        only = _name_list(s.pop("methods", None), f"{where}: settings[{i}].methods", "method names")
+        settings.append(Setting(str(s.pop("dataset")), labels, s, None if name is None else slug(str(name)), only))
 
     raw_methods = data.get("methods")
     if not isinstance(raw_methods, list) or not raw_methods:
@@ -297,7 +312,8 @@ def parse_suite(data: dict[str, Any], where: str = "suite") -> Suite:
         m = copy.deepcopy(m)
         _no_seed_keys(m, f"{where}: methods[{i}]")
         name = str(m.pop("name", m["algo"]))
-        methods.append(Method(name, m))
+        only = _name_list(m.pop("settings", None), f"{where}: methods[{i}].settings", "setting ids or names")
+        methods.append(Method(name, m, None if only is None else [slug(ref) for ref in only]))
     _unique([m.name for m in methods], f"{where}: method names")
     slugs = {}
     for m in methods:
@@ -314,8 +330,47 @@ def parse_suite(data: dict[str, Any], where: str = "suite") -> Suite:
     from .tables import resolve_metric
     resolve_metric(metric)
     name = str(data.get("name") or Path(where).stem)
+    _check_restrictions(name, where, methods, settings, defaults)
     return Suite(name, methods, settings, seeds, defaults, str(data.get("description") or ""),
                  baseline, metric, where)
+
+
+def _name_list(value: Any, where: str, what: str) -> list[str] | None:
+    """A ``methods:`` / ``settings:`` key of a suite entry: None when absent, else a non-empty list of names."""
+    if value is None:
+        return None
+    if not isinstance(value, list) or not value or not all(isinstance(v, (str, int)) for v in value):
+        example = f" (a list: [{value}])" if isinstance(value, str) else ""
+        raise SSLZooError(f"{where} must be a non-empty list of {what}; got {value!r}{example}.")
+    return [str(v) for v in value]
+
+
+def declared_id(setting: Setting, defaults: dict[str, Any]) -> str:
+    """The setting's id as the suite file states it (its run folders' id unless the command line changes
+    the data set, labels or test data set): what a method's ``settings:`` key refers to."""
+    return setting_id(setting, {"test_dataset": defaults.get("test_dataset"), **setting.layer()})
+
+
+def _check_restrictions(suite: str, where: str, methods: list[Method], settings: list[Setting],
+                        defaults: dict[str, Any]) -> None:
+    """Every name in a setting's ``methods:`` is a method and every id in a method's ``settings:`` a setting."""
+    method_names = [m.name for m in methods]
+    setting_ids = list(dict.fromkeys(declared_id(s, defaults) for s in settings))
+    checks = [(f"settings[{i}].methods", s.methods, method_names, "method") for i, s in enumerate(settings)]
+    checks += [(f"methods[{i}].settings", m.settings, setting_ids, "setting") for i, m in enumerate(methods)]
+    for key, names, known, what in checks:
+        bad = next((n for n in names or () if n not in known), None)
+        if bad is not None:
+            close = difflib.get_close_matches(bad, known, n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise SSLZooError(f"{where}: {key}: '{bad}' is not a {what} of suite '{suite}'{hint}; "
+                              f"its {what}s: {', '.join(known)}.")
+
+
+def runs_in(method: Method, setting: Setting, defaults: dict[str, Any]) -> bool:
+    """Whether the suite's ``methods:`` / ``settings:`` keys let ``method`` run in ``setting``."""
+    return ((setting.methods is None or method.name in setting.methods)
+            and (method.settings is None or declared_id(setting, defaults) in method.settings))
 
 
 _ENV_RE = re.compile(r"\$\{(\w+)\}")
@@ -386,9 +441,17 @@ def expand(suite: Suite) -> list[Cell]:
     for si, seed in enumerate(suite.seeds):
         for ti, setting in enumerate(suite.settings):
             for mi, method in enumerate(suite.methods):
+                if not runs_in(method, setting, suite.defaults):
+                    continue
                 layers = [copy.deepcopy(suite.defaults), setting.layer(), copy.deepcopy(method.overrides),
                           {"seed": seed}]
                 cells.append(Cell(method.name, setting, seed, [lay for lay in layers if lay], (si, ti, mi)))
+    if not cells and suite.seeds:
+        raise SSLZooError(
+            f"suite '{suite.name}' has no run to make: its settings' `methods:` and its methods' `settings:` "
+            f"keys let none of the methods ({', '.join(m.name for m in suite.methods)}) run in any of the "
+            f"settings ({', '.join(declared_id(s, suite.defaults) for s in suite.settings)}). "
+            f"Select other methods or settings (--algos, --dataset, --labels).")
     return cells
 
 
@@ -401,38 +464,35 @@ def setting_id(setting: Setting, cfg: dict[str, Any]) -> str:
     return slug(sid)
 
 
+def cell_context(cell: Cell) -> str:
+    """How an error names a cell before its config is resolved: method, data set, labels, seed."""
+    parts = [f"method '{cell.method}'"]
+    if cell.setting.dataset:
+        parts.append(f"data set '{cell.setting.dataset}'")
+    if cell.setting.labels is not None:
+        parts.append(f"{cell.setting.labels} labels")
+    return ", ".join(parts + [f"seed {cell.seed}"])
+
+
 def resolve_cells(cells: list[Cell], cli_layers: list[dict[str, Any]], out: str | Path,
                   where: str = "") -> list[Cell]:
     """Resolve and check every cell's config before anything trains.
 
-    Raises :class:`SSLZooError` naming the cell for an unknown algorithm (with a
-    did-you-mean), an unknown config key, a wrong type, an unknown data set,
-    backbone or threshold policy, or two cells that would share a run folder.
+    Raises :class:`SSLZooError` naming the cell for anything :func:`sslzoo.config.resolve`
+    rejects (an unknown algorithm, data set, backbone or threshold policy with a
+    did-you-mean, an unknown config key, a value of the wrong type or out of range, an
+    optimizer, schedule, policy or algorithm that does not build), an unset ``${VAR}``,
+    or two cells that would share a run folder.
     """
     from ..config import resolve
-    from ..registry import ALGORITHMS, BACKBONES, DATASETS
-    from ..factory import build_algorithm
 
-    checked: set[str] = set()
     by_dir: dict[str, Cell] = {}
     prefix = f"{where}: " if where else ""
     for cell in cells:
         layers = cell.layers + cli_layers
-        context = f"{prefix}method '{cell.method}'" + (f", data set '{cell.setting.dataset}'"
-                                                       if cell.setting.dataset else "")
+        context = prefix + cell_context(cell)
         try:
-            algo = next((lay["algo"] for lay in reversed(layers) if "algo" in lay), None)
-            if algo is not None:
-                ALGORITHMS.get(algo)
             cfg = resolve(layers)
-            for key in ("dataset", "test_dataset", "unlabeled_extra"):
-                if cfg.get(key):
-                    DATASETS.get(cfg[key])
-            BACKBONES.get(cfg["backbone"]["name"])
-            signature = repr((cfg["algo"], cfg.get("policy"), cfg.get("policies"), cfg.get(cfg["algo"])))
-            if signature not in checked:   # policy spec and hyperparameters: build once per distinct row
-                build_algorithm(cfg, 7)
-                checked.add(signature)
             missing = unset_env(cfg)
             if missing:
                 key, var = missing[0]

@@ -67,7 +67,7 @@ def make_row(*, method: str, setting: str, cfg: dict[str, Any], rel_dir: str, co
         "method": method, "algorithm": cfg["algo"],
         "policy": m.get("policy") if metrics else _policy_of(cfg),
         "dataset": cfg["dataset"], "test_dataset": cfg.get("test_dataset") or "",
-        "labels": int(cfg["labels"]), "seed": int(cfg["seed"]), "setting": setting, "status": status,
+        "labels": cfg["labels"], "seed": int(cfg["seed"]), "setting": setting, "status": status,
         "final_acc": _finite(m.get("final_acc")), "best_test_acc": _finite(m.get("best_test_acc")),
         "val_selected_acc": _finite(m.get("val_selected_acc")),
         "mean_class_acc": _finite(m.get("final_mean_class_acc")),

@@ -3,9 +3,11 @@
 Why: re-checking a checkpoint without retraining, and the paper's cross-data-set protocol
 (train on RAF-DB, test on CK+) for runs that were trained without ``--test-dataset``. The
 model is the run's EMA model and the metrics are the trainer's (``classification_metrics``
-on plain views), so on the run's own test set the accuracy is metrics.json's ``final_acc``.
+on plain views), so on the run's own test set the accuracy is metrics.json's ``final_acc`` (``--which val``: the
+model of best_val.pt, ``val_selected_acc``; ``--which best``: best_test.pt, ``best_test_acc``).
 
     sslzoo eval runs/raf100 --test-dataset ckplus --test-data-root /data/CK+
+    sslzoo eval runs/demo --which val
 """
 from __future__ import annotations
 
@@ -19,8 +21,9 @@ SPLITS = ("test", "val", "labeled", "unlabeled")
 
 
 def evaluate_run(run_dir: str | Path, *, split: str = "test", test_dataset: str | None = None,
-                 test_data_root: str | None = None, device: str = "auto") -> dict[str, Any]:
-    """Metrics of the run's EMA model on ``split`` (``test``: the run's test set, or ``test_dataset``'s)."""
+                 test_data_root: str | None = None, device: str = "auto", which: str = "final") -> dict[str, Any]:
+    """Metrics of the run's EMA model ``which`` (final | val | best) on ``split`` (``test``: the run's
+    test set, or ``test_dataset``'s)."""
     from ..runs import load_run
 
     if split not in SPLITS:
@@ -28,7 +31,7 @@ def evaluate_run(run_dir: str | Path, *, split: str = "test", test_dataset: str 
     if test_dataset and split != "test":
         raise SSLZooError(f"--test-dataset replaces the test set; it cannot be combined with --split {split}.")
     overrides = {"test_dataset": test_dataset, "test_data_root": test_data_root} if test_dataset else {}
-    run = load_run(run_dir, device, overrides=overrides)
+    run = load_run(run_dir, device, overrides=overrides, which=which)
     images = {"test": run.data.test, "val": run.data.val, "labeled": run.data.labeled,
               "unlabeled": run.data.unlabeled}[split]
     if images is None:
@@ -40,16 +43,23 @@ def evaluate_run(run_dir: str | Path, *, split: str = "test", test_dataset: str 
     metrics = classification_metrics(probs[known], labels[known], len(run.data.classes))
     return {"run": str(run_dir), "algo": run.cfg["algo"], "dataset": run.cfg["dataset"],
             "labels": run.cfg["labels"], "seed": run.cfg["seed"], "split": split,
+            "which": run.which, "model_epoch": run.epoch,
             "evaluated_on": run.data.test_name if split == "test" else run.cfg["dataset"],
             "images": int(known.sum()), "classes": list(run.data.classes), **metrics}
+
+
+def model_label(which: str, epoch: int | None) -> str:
+    """Which saved model, in words: ``best_val.pt (epoch 3)``."""
+    from ..runs import MODEL_FILES
+    return MODEL_FILES[which] + (f" (epoch {epoch})" if epoch is not None else "")
 
 
 def format_report(result: dict[str, Any]) -> str:
     """Accuracy, mean class accuracy, per-class accuracy with support, and the confusion matrix."""
     classes, confusion = result["classes"], result["confusion"]
     lines = [f"{result['run']}: {result['algo']} trained on {result['dataset']} ({result['labels']} labels, "
-             f"seed {result['seed']}); evaluated on {result['evaluated_on']} {result['split']}, "
-             f"{result['images']} images",
+             f"seed {result['seed']}); model {model_label(result.get('which', 'final'), result.get('model_epoch'))}; "
+             f"evaluated on {result['evaluated_on']} {result['split']}, {result['images']} images",
              f"  accuracy {result['acc']:.2f} %, mean class accuracy {result['mean_class_acc']:.2f} %", ""]
     width = max(8, *(len(c) for c in classes))
     lines.append(f"  {'class':<{width}} {'images':>7} {'acc (%)':>8}   confusion (rows: truth, columns: predicted)")

@@ -307,15 +307,19 @@ class Summary:
     ran: int = 0
     counts: dict[str, int] = field(default_factory=dict)
     outcomes: list[Outcome] = field(default_factory=list)
+    seconds: float = 0.0            # how long this bench took
 
     def line(self) -> str:
         parts = [f"{v} {k}" for k, v in sorted(self.counts.items())]
         return (f"{self.total} run(s): " + ", ".join(parts) +
-                f" ({self.ran} trained now, {self.skipped} already done)")
+                f" ({self.ran} trained now, {self.skipped} already done)" +
+                (f" in {_fmt_time(self.seconds)}" if self.ran else ""))
 
 
 class BenchRunner:
     """Runs resolved cells into ``out``; call :meth:`run`."""
+
+    clock = staticmethod(time.monotonic)   # run times and the time left (tests give a fake clock)
 
     def __init__(self, cells: list, out: str | Path, *, jobs: int = 1, plugins: Sequence[str] = (),
                  progress: bool = True, retry_failed: bool = False, launcher: Any = None,
@@ -344,6 +348,7 @@ class BenchRunner:
 
     # -- public ----------------------------------------------------------------------
     def run(self) -> Summary:
+        start = self.clock()
         summary = Summary(total=len(self.cells))
         todo = []
         for cell in self.cells:   # runs already done: rebuild their row if needed, count them
@@ -389,6 +394,7 @@ class BenchRunner:
             for bar in self._bars.values():
                 bar.close()
             self._overall.close()
+            summary.seconds = self.clock() - start
         return summary
 
     def echo(self, text: str) -> None:
@@ -465,7 +471,7 @@ class BenchRunner:
             row = self._ensure_row(cell, metrics)
             return Outcome(cell, row["status"] if row else "finished", row)
         slot = self._slots.get()
-        tic = time.time()
+        tic = self.clock()
         try:
             if self.stop.is_set():
                 return Outcome(cell, "stopped")
@@ -473,7 +479,7 @@ class BenchRunner:
         finally:
             self._slots.put(slot)
         row = self._record(cell, run_dir, rc)
-        return Outcome(cell, row["status"], row, ran=True, seconds=time.time() - tic)
+        return Outcome(cell, row["status"], row, ran=True, seconds=self.clock() - tic)
 
     def _launch(self, cell, run_dir: Path, cfg_hash: str, state: str, slot: int) -> int:
         import yaml
@@ -574,7 +580,9 @@ class BenchRunner:
         text = f"[{self._done_runs}/{summary.total}] {outcome.cell.describe()}: {outcome.status}"
         if row.get("final_acc") is not None:
             text += f", final test acc {row['final_acc']:.2f}%"
-        text += f" ({_fmt_time(outcome.seconds)})"
+        left = time_left([o.seconds for o in summary.outcomes if o.ran and o.status == "finished"],
+                         summary.total - self._done_runs, self.jobs)
+        text += f" ({_fmt_time(outcome.seconds)}" + (f"; {left} left)" if left else ")")
         if outcome.status in ("failed", "diverged") and row.get("error"):
             text += f"\n    {row['error']}\n    log: {outcome.cell.run_dir(self.out) / LOG}"
         self.echo(text)
@@ -613,6 +621,21 @@ class BenchRunner:
 
 def _raise_interrupt(signum, frame) -> None:  # noqa: ARG001
     raise KeyboardInterrupt(f"signal {signum}")
+
+
+def time_left(durations: Sequence[float], left: int, jobs: int) -> str | None:
+    """About how long the ``left`` runs still take, in words: the mean time of the runs finished so
+    far, ``jobs`` at a time (None before the first finished run, or when none is left)."""
+    if not durations or left <= 0:
+        return None
+    seconds = sum(durations) / len(durations) * left / min(max(1, jobs), left)
+    if seconds < 60:
+        return "less than a minute"
+    minutes = round(seconds / 60)
+    if minutes < 90:
+        return f"about {minutes} min"
+    hours, minutes = divmod(minutes, 60)
+    return f"about {hours} h" + (f" {minutes} min" if minutes else "")
 
 
 def _fmt_time(seconds: float) -> str:

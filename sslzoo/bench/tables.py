@@ -36,6 +36,11 @@ Conventions
   the paired t-test below uses. Pass ``ddof=0`` to :func:`summarize` to reproduce
   USB/TorchSSL-style numbers; the caption always states which one was used.
   A cell with n=1 has no std (NaN) and prints as the mean only.
+* ``ci_low`` / ``ci_high``: the 95 % confidence interval of the mean over seeds,
+  mean ± t s / sqrt(n), t the 0.975 quantile of Student's t distribution with n-1
+  degrees of freedom and s the sample std (ddof=1, whatever ``ddof`` the std column
+  uses: the interval is only valid with it). NaN for n < 2. The tables print it with
+  ``ci=True`` (``sslzoo table --ci``), in brackets after mean ± std.
 * ``delta`` = method mean - baseline mean in the same setting,
   each over all of its own finished seeds. ``p_value`` is a two-sided paired
   t-test (``scipy.stats.ttest_rel``) over the seeds *both* have (pairing by seed:
@@ -88,8 +93,10 @@ METRIC_ALIASES: dict[str, str] = {
 STD_DDOF = 1
 #: differences below this (accuracy points) count as zero in the p-value special cases.
 ZERO_TOL = 1e-9
+#: coverage of the confidence interval of the mean (Student t, n-1 degrees of freedom).
+CI_LEVEL = 0.95
 
-SUMMARY_COLUMNS = ["method", "dataset", "labels", "setting", "metric", "mean", "std", "n",
+SUMMARY_COLUMNS = ["method", "dataset", "labels", "setting", "metric", "mean", "std", "n", "ci_low", "ci_high",
                    "delta", "p_value", "n_paired", "ddof"]
 COMPARISON_COLUMNS = SUMMARY_COLUMNS
 MISSING = "–"  # en dash, for cells without finished runs
@@ -119,6 +126,16 @@ def _paired_p(a: np.ndarray, b: np.ndarray) -> float:
     return p
 
 
+def mean_ci(values: Sequence[float], level: float = CI_LEVEL) -> tuple[float, float]:
+    """(low, high) of the ``level`` confidence interval of the mean: mean ± t_{(1+level)/2, n-1} s / sqrt(n),
+    s the sample std (ddof=1); (NaN, NaN) for fewer than two values."""
+    v = np.asarray(values, float)
+    if len(v) < 2:
+        return math.nan, math.nan
+    half = float(stats.t.ppf((1 + level) / 2, len(v) - 1)) * float(v.std(ddof=1)) / math.sqrt(len(v))
+    return float(v.mean()) - half, float(v.mean()) + half
+
+
 def _first_appearance(values: pd.Series) -> list[Any]:
     return list(dict.fromkeys(values.tolist()))
 
@@ -130,6 +147,12 @@ def _as_label(x: Any) -> Any:
     except (TypeError, ValueError):
         return x
     return int(f) if math.isfinite(f) and f.is_integer() else x
+
+
+def _label_order(x: Any) -> float:
+    """Label counts in numeric order, a word (``all``: the Fully Supervised setting) after every count."""
+    lab = _as_label(x)
+    return float(lab) if isinstance(lab, (int, float)) else math.inf
 
 
 def setting_ids(df: pd.DataFrame) -> pd.Series:
@@ -185,8 +208,8 @@ def summarize(df: pd.DataFrame, metric: str = "final", baseline: str | None = "s
     keys = data[["method", "setting", "dataset", "labels"]].drop_duplicates(["method", "setting"])
     keys = keys.assign(_m=keys["method"].map(method_order.index),
                        _d=keys["dataset"].map(dataset_order.index),
-                       _s=keys["setting"].map(setting_order.index))
-    keys = keys.sort_values(["_m", "_d", "labels", "_s"], kind="stable")
+                       _s=keys["setting"].map(setting_order.index), _l=keys["labels"].map(_label_order))
+    keys = keys.sort_values(["_m", "_d", "_l", "_s"], kind="stable")
 
     per_seed: dict[tuple, pd.Series] = {
         k: g.set_index("seed")["_v"] for k, g in fin.groupby(["method", "setting"], sort=False)
@@ -208,9 +231,10 @@ def summarize(df: pd.DataFrame, metric: str = "final", baseline: str | None = "s
                 common = v.index.intersection(base.index)
                 n_paired = len(common)
                 p = _paired_p(v.loc[common].to_numpy(float), base.loc[common].to_numpy(float))
+        ci_low, ci_high = mean_ci(v.to_numpy(float))
         rows.append({"method": m, "dataset": d, "labels": lab, "setting": st, "metric": key,
-                     "mean": mean, "std": std,
-                     "n": n, "delta": delta, "p_value": p, "n_paired": n_paired, "ddof": ddof})
+                     "mean": mean, "std": std, "n": n, "ci_low": ci_low, "ci_high": ci_high,
+                     "delta": delta, "p_value": p, "n_paired": n_paired, "ddof": ddof})
     out = pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
     out.attrs.update({"metric": key, "metric_column": col, "ddof": ddof, "baseline": baseline,
                       "excluded": excluded, "n_excluded": sum(excluded.values()),
@@ -264,14 +288,26 @@ def _excluded_text(attrs: dict) -> str:
     return ("Runs " + "; ".join(parts) + ".") if parts else "No runs excluded."
 
 
+def _ci_sentence(kind: str) -> str:
+    pm = "+/-" if kind == "csv" else "±"
+    root = "√n" if kind == "md" else "sqrt(n)"   # CSV stays ASCII; LaTeX escapes ± but not √
+    where = "Columns ci_low/ci_high" if kind == "csv" else "In brackets"
+    return (f"{where}: the {CI_LEVEL:.0%} confidence interval of the mean, mean {pm} t * s / {root}, t the "
+            f"{(1 + CI_LEVEL) / 2:g} quantile of Student's t distribution with n-1 degrees of freedom and s the "
+            f"sample std (ddof=1); none for a single seed.")
+
+
 def _caption(metric_key: str, ddof: int, n_mode: int | None, varying_n: bool, attrs: dict,
-             gains_label: str | None, baseline: str | None, kind: str = "md", shared: bool = False) -> str:
+             gains_label: str | None, baseline: str | None, kind: str = "md", shared: bool = False,
+             ci: bool = False) -> str:
     """One caption sentence set for every format; the CSV variant stays ASCII (Excel and UTF-8)."""
     pm = "+/-" if kind == "csv" else "±"
     _, _, desc = resolve_metric(metric_key)
     std_word = {1: "sample std", 0: "population std"}.get(ddof, "std")
     parts = [f"Test accuracy (%), {desc} [metric: {metric_key}]; mean {pm} std over seeds,"
              f" std with ddof={ddof} ({std_word}); a single seed has no std."]
+    if ci:
+        parts.append(_ci_sentence(kind))
     if n_mode is not None:
         marked = varying_n and kind != "csv"
         parts.append(f"n = {n_mode} seeds per cell" + (" unless marked (n=k)." if marked else "."))
@@ -310,14 +346,14 @@ def table_columns(summary: pd.DataFrame) -> list[Column]:
     first = summary.drop_duplicates("setting")
     triples = sorted(((st, d, _as_label(lab))
                       for st, d, lab in zip(first["setting"], first["dataset"], first["labels"])),
-                     key=lambda t: (datasets.index(t[1]), t[2], order.index(t[0])))
+                     key=lambda t: (datasets.index(t[1]), _label_order(t[2]), order.index(t[0])))
     count = Counter((d, lab) for _, d, lab in triples)
     return [Column(st, d, lab, count[(d, lab)] > 1) for st, d, lab in triples]
 
 
 def render_table(summary: pd.DataFrame, fmt: str = "md", methods_order: Sequence[str] | None = None,
                  baseline: str | None = "supervised", gains: bool = False,
-                 metric: str | None = None) -> str:
+                 metric: str | None = None, ci: bool = False) -> str:
     """Render the paper's Table-2 layout: rows = methods, columns = data set x label count.
 
     * ``metric=None`` uses the summary's metric (it must hold just one); a name filters.
@@ -337,12 +373,16 @@ def render_table(summary: pd.DataFrame, fmt: str = "md", methods_order: Sequence
       ``# ...`` comment (read with ``pd.read_csv(path, skiprows=1)``), then ``method``
       and three columns per setting, ``<dataset>/<labels>/mean|std|n`` (``<setting>/mean|std|n``
       for a column named by its setting); no bold.
+    * ``ci=True`` adds the 95 % confidence interval of the mean (``ci_low``/``ci_high`` of
+      :func:`summarize`): ``mean±std [low, high]`` in Markdown and LaTeX, two more CSV
+      columns per setting (``.../ci_low``, ``.../ci_high``); the caption says how it is made.
     """
     kind = _FORMATS.get(str(fmt).lower())
     if kind is None:
         raise SSLZooError(f"unknown table format {fmt!r}; expected md, csv or latex")
     attrs = dict(summary.attrs)
-    missing = [c for c in ("method", "dataset", "labels", "mean", "std", "n") if c not in summary.columns]
+    needed = ("method", "dataset", "labels", "mean", "std", "n") + (("ci_low", "ci_high") if ci else ())
+    missing = [c for c in needed if c not in summary.columns]
     if missing:
         raise SSLZooError(f"summary lacks column(s) {missing}; build it with summarize()")
     s = summary if "setting" in summary.columns else summary.assign(setting=setting_ids(summary))
@@ -369,9 +409,10 @@ def render_table(summary: pd.DataFrame, fmt: str = "md", methods_order: Sequence
     # columns: settings in which at least one shown method has a summary row (even n=0)
     settings = table_columns(s[s["method"].isin(methods)])
 
-    cells: dict[tuple[str, str], tuple[float, float, int]] = {}
+    cells: dict[tuple[str, str], tuple[float, float, int, float, float]] = {}
     for r in s.itertuples(index=False):
-        cells[(r.method, r.setting)] = (float(r.mean), float(r.std), int(r.n))
+        interval = (float(r.ci_low), float(r.ci_high)) if ci else (math.nan, math.nan)
+        cells[(r.method, r.setting)] = (float(r.mean), float(r.std), int(r.n), *interval)
     shown = {k: v for k, v in cells.items() if k[0] in methods and v[2] > 0 and math.isfinite(v[0])}
     n_mode = _modal_n([v[2] for v in shown.values()])
     varying_n = len({v[2] for v in shown.values()}) > 1
@@ -398,20 +439,22 @@ def render_table(summary: pd.DataFrame, fmt: str = "md", methods_order: Sequence
                 gains_row.append(max(others) - b[0] if ok else math.nan)
 
     caption = _caption(metric_key, ddof, n_mode, varying_n, attrs, gains_label, baseline, kind,
-                       shared=any(col.shared for col in settings))
+                       shared=any(col.shared for col in settings), ci=ci)
 
     def cell_text(m: str, col: Column, pm: str) -> tuple[str, bool]:
         v = shown.get((m, col.setting))
         if v is None:
             return MISSING, False
-        mean, std, n = v
+        mean, std, n, low, high = v
         txt = _fmt_num(mean) if not math.isfinite(std) else f"{_fmt_num(mean)}{pm}{_fmt_num(std)}"
+        if math.isfinite(low):
+            txt += f" [{_fmt_num(low)}, {_fmt_num(high)}]"
         if varying_n and n != n_mode:
             txt += f" (n={n})"
         return txt, col.setting in best and round(mean, 2) == best[col.setting]
 
     if kind == "csv":
-        return _render_csv(caption, methods, settings, shown, gains_label, gains_row)
+        return _render_csv(caption, methods, settings, shown, gains_label, gains_row, ci)
     if kind == "md":
         return _render_md(caption, methods, settings, cell_text, gains_label, gains_row)
     return _render_latex(caption, metric_key, methods, settings, cell_text, gains_label, gains_row)
@@ -473,24 +516,28 @@ def _num(x: float, nd: int = 4) -> str:
     return "" if x is None or not math.isfinite(x) else repr(round(float(x) + 0.0, nd))
 
 
-def _render_csv(caption, methods, settings, shown, gains_label, gains_row) -> str:
+def _render_csv(caption, methods, settings, shown, gains_label, gains_row, ci: bool = False) -> str:
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(["# " + caption])
+    fields = ["mean", "std", "n"] + (["ci_low", "ci_high"] if ci else [])
     header = ["method"]
     for col in settings:
-        header += [f"{col.csv_prefix}/mean", f"{col.csv_prefix}/std", f"{col.csv_prefix}/n"]
+        header += [f"{col.csv_prefix}/{f}" for f in fields]
     w.writerow(header)
     for m in methods:
         row = [m]
         for col in settings:
             v = shown.get((m, col.setting))
-            row += ["", "", ""] if v is None else [_num(v[0]), _num(v[1]), str(v[2])]
+            if v is None:
+                row += [""] * len(fields)
+            else:
+                row += [_num(v[0]), _num(v[1]), str(v[2])] + ([_num(v[3]), _num(v[4])] if ci else [])
         w.writerow(row)
     if gains_row is not None:
         row = [gains_label]
         for g in gains_row:
-            row += [_num(g), "", ""]
+            row += [_num(g)] + [""] * (len(fields) - 1)
         w.writerow(row)
     return buf.getvalue()
 
@@ -509,14 +556,15 @@ def _atomic_write(path: Path, text: str) -> Path:
 
 def write_tables(df: pd.DataFrame, out_dir: str | os.PathLike, metric: str = "final",
                  methods_order: Sequence[str] | None = None, baseline: str | None = "supervised",
-                 gains: bool = False, ddof: int = STD_DDOF) -> dict[str, Path]:
+                 gains: bool = False, ddof: int = STD_DDOF, ci: bool = False) -> dict[str, Path]:
     """Summarize ``df`` and write table.md/.csv/.tex and comparison.csv (UTF-8, atomically).
 
-    Returns ``{"md": ..., "csv": ..., "tex": ..., "comparison": ...}``.
+    ``ci=True`` prints the 95 % confidence interval of the mean in the three tables
+    (comparison.csv always has it). Returns ``{"md": ..., "csv": ..., "tex": ..., "comparison": ...}``.
     """
     out = Path(out_dir)
     summary = summarize(df, metric=metric, baseline=baseline, ddof=ddof)
-    kw = dict(methods_order=methods_order, baseline=baseline, gains=gains)
+    kw = dict(methods_order=methods_order, baseline=baseline, gains=gains, ci=ci)
     texts = {
         "md": ("table.md", render_table(summary, "md", **kw)),
         "csv": ("table.csv", render_table(summary, "csv", **kw)),
@@ -529,5 +577,6 @@ def write_tables(df: pd.DataFrame, out_dir: str | os.PathLike, metric: str = "fi
     return paths
 
 
-__all__ = ["METRICS", "METRIC_ALIASES", "STD_DDOF", "SUMMARY_COLUMNS", "Column", "resolve_metric", "setting_ids",
+__all__ = ["METRICS", "METRIC_ALIASES", "STD_DDOF", "CI_LEVEL", "SUMMARY_COLUMNS", "Column", "mean_ci",
+           "resolve_metric", "setting_ids",
            "summarize", "table_columns", "render_table", "comparison_csv", "write_tables"]

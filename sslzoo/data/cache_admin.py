@@ -2,11 +2,12 @@
 
 Why: the caches only ever grow. A decoded entry is never overwritten when its data
 set changes (a new key supersedes it, see :mod:`sslzoo.data.cache`), and every
-synthfer option set keeps its own ``.npz``. At 224 px AffectNet alone needs tens of GB.
+synthfer option set keeps its own entry. At 224 px AffectNet alone needs tens of GB.
 
-Four kinds of item live under ``cache_dir()``:
-  * ``decoded``: ``decoded/<key>/`` (a loader's decoded images and their meta.json);
-  * ``synthfer``: ``synthfer-<hash>.npz`` (a generated synthfer data set);
+These kinds of item live under ``cache_dir()``:
+  * ``decoded``: ``decoded/<key>/`` (a loader's decoded images, or a generated synthfer /
+    synthfer_faces data set, memory-mapped, and their meta.json);
+  * ``legacy``: ``synthfer-<hash>.npz`` (generated data in the format of sslzoo <= 0.1, superseded);
   * ``pretrained``: ``pretrained/<recipe>-<key>.pt`` (a backbone built by ``backbone.pretrained``);
   * ``building``: ``decoded/.tmp-*`` and ``*.tmp`` files (being built right now, or left by a crash).
 
@@ -56,9 +57,11 @@ def list_items(root: Path | None = None) -> list[CacheItem]:
     """Everything in the cache, oldest first."""
     root = Path(root) if root is not None else cache_dir()
     items: list[CacheItem] = []
-    for npz in root.glob("synthfer-*.npz"):
+    for npz in root.glob("synthfer-*.npz"):   # sslzoo <= 0.1 kept generated data in memory-loaded .npz files
         what = "synthfer_faces" if npz.name.startswith("synthfer-faces-") else "synthfer"
-        items.append(CacheItem("synthfer", npz, _size(npz), npz.stat().st_mtime, f"generated {what} data"))
+        items.append(CacheItem("legacy", npz, _size(npz), npz.stat().st_mtime,
+                               f"generated {what} data in the old .npz format; now regenerated as a "
+                               f"memory-mapped entry under decoded/"))
     for tmp in root.glob("synthfer-*.tmp"):
         items.append(CacheItem("building", tmp, _size(tmp), tmp.stat().st_mtime,
                                "synthfer data being written (or left by a crash)"))
@@ -82,9 +85,11 @@ def list_items(root: Path | None = None) -> list[CacheItem]:
         except (OSError, ValueError):
             meta = {}
         loader, data_root, size = meta.get("loader", "?"), meta.get("root", "?"), meta.get("image_size", "?")
+        source = "generated" if meta.get("generated") else f"from {data_root}"
         items.append(CacheItem("decoded", entry, _size(entry), entry.stat().st_mtime,
-                               f"{loader}, {meta.get('n', '?')} images at {size} px from {data_root}",
-                               group=_group(meta), root_exists=Path(str(data_root)).exists()))
+                               f"{loader}, {meta.get('n', '?')} images at {size} px {source}",
+                               group=_group(meta),
+                               root_exists=bool(meta.get("generated")) or Path(str(data_root)).exists()))
     return sorted(items, key=lambda i: i.created)
 
 
@@ -94,7 +99,8 @@ def select_for_pruning(items: list[CacheItem], *, superseded: bool = False, miss
     """The items a prune with these criteria removes (any criterion suffices).
 
     ``superseded``: decoded entries for which a newer entry of the same loader, data root,
-    image size, crop and options exists (the files or the decoder changed since).
+    image size, crop and options exists (the files or the decoder changed since), and
+    generated data in the old ``.npz`` format.
     ``missing_root``: decoded entries whose data root is gone. ``older_than_days``: items
     created longer ago. ``everything``: all but
     entries being built. An entry being built goes only when older than a day (and than
@@ -120,6 +126,7 @@ def select_for_pruning(items: list[CacheItem], *, superseded: bool = False, miss
         if (everything
                 or (older_than_days is not None and age_days > older_than_days)
                 or (superseded and item.kind == "decoded" and item.created < newest.get(item.group, 0.0))
+                or (superseded and item.kind == "legacy")
                 or (missing_root and item.kind == "decoded" and not item.root_exists)):
             chosen.append(item)
     return chosen

@@ -1,24 +1,30 @@
-"""Training batches indexed by global step.
+"""Training batches indexed by global step, and the evaluation stream.
 
-Why by step: batch k of a run is a pure function of (seed, k, rank): which
-labeled and unlabeled images it holds (per-epoch permutations seeded by the run's
-seed) and their augmentations (torch's CPU RNG seeded per step, and restored
-afterwards, so the training process's own random stream is untouched even with
-``num_workers=0``). So results do not depend on the number of loader workers,
-resuming at step k reproduces the uninterrupted run exactly, and a DDP rank
-simply takes its slice of the global batch.
+Why by step: batch k of a run is a pure function of (seed, k, rank): which labeled and
+unlabeled images it holds (per-epoch permutations seeded by the run's seed) and their
+augmentations (every view parameter drawn from a ``torch.Generator`` seeded by (seed, k,
+rank)). So results do not depend on the number of loader workers, nor on where the views
+are built, resuming at step k reproduces the uninterrupted run exactly, and a DDP rank simply
+takes its slice of the global batch. Nothing here touches torch's global random state.
+
+Where the work happens: a loader worker reads the step's rows from the memory-mapped cache
+(a few images, never a whole split) and draws the views' parameters; then either it builds
+the views itself on the CPU (``augment.device=loader``: the default without a GPU, where
+workers overlap with training) or it hands the raw uint8 rows and the parameters over
+(pinned, copied without blocking) and :func:`realize` builds the views on the training GPU.
 """
 from __future__ import annotations
 
 import math
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Iterator
 
 import numpy as np
 import torch
+from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
+from .augment import to_device
 from .base import ImageSet
 from .views import AugmentConfig, Views, gather_images
 
@@ -39,6 +45,11 @@ def derive_seed(*parts: int) -> int:
     return int(np.random.SeedSequence(list(parts)).generate_state(2, np.uint64)[0] >> np.uint64(1))
 
 
+def generator(*parts: int) -> torch.Generator:
+    """A CPU generator seeded by ``derive_seed(*parts)``: where every view parameter comes from."""
+    return torch.Generator().manual_seed(derive_seed(*parts))
+
+
 def epoch_order(pool_size: int, needed: int, seed: int, stream: int, epoch: int) -> np.ndarray:
     """The sample order of one epoch: concatenated independent permutations of the pool."""
     rng = np.random.default_rng([seed, stream, epoch])
@@ -46,35 +57,20 @@ def epoch_order(pool_size: int, needed: int, seed: int, stream: int, epoch: int)
     return np.concatenate([rng.permutation(pool_size) for _ in range(reps)])[:needed]
 
 
-@contextmanager
-def seeded_cpu_rng(seed: int) -> Iterator[None]:
-    """Seed torch's CPU generator (which the views draw from), then restore it.
-
-    Why not ``torch.manual_seed``: that also reseeds every CUDA generator and leaves the
-    CPU one reseeded, so with ``num_workers=0`` the training process's own random
-    numbers (dropout) would depend on the loader, i.e. on the number of workers.
-    """
-    state = torch.default_generator.get_state()
-    torch.default_generator.manual_seed(seed)
-    try:
-        yield
-    finally:
-        torch.default_generator.set_state(state)
-
-
 class StepBatches(Dataset):
-    """``dataset[step]`` is the whole uint8 batch of that global step for this rank."""
+    """``dataset[step]`` is the whole batch of that global step for this rank (a dict, see :func:`realize`).
+
+    ``build_views``: make the views here (on the CPU, in the loader worker); otherwise hand over
+    the raw rows and the views' parameters for the training device to apply.
+    """
 
     def __init__(self, labeled: ImageSet, unlabeled: ImageSet | None, plan: BatchPlan, seed: int,
                  labeled_view: str, unlabeled_views: tuple[str, ...], views: Views,
-                 extra_labeled_views: tuple[str, ...] = ()):
+                 extra_labeled_views: tuple[str, ...] = (), build_views: bool = True):
         self.labeled, self.unlabeled, self.plan, self.seed = labeled, unlabeled, plan, seed
         self.labeled_view, self.unlabeled_views, self.views = labeled_view, unlabeled_views, views
-        self.extra_labeled_views = extra_labeled_views
+        self.extra_labeled_views, self.build_views = extra_labeled_views, build_views
         self._cache: dict[tuple[int, int], np.ndarray] = {}
-
-    def __len__(self) -> int:  # steps are addressed directly; the sampler decides which
-        return 1 << 62
 
     def _indices(self, stream: int, pool_size: int, per_rank: int, step: int) -> np.ndarray:
         p = self.plan
@@ -88,27 +84,53 @@ class StepBatches(Dataset):
         return self._cache[key][start:start + per_rank]
 
     def __getitem__(self, step: int) -> dict[str, Any]:
-        with seeded_cpu_rng(derive_seed(self.seed, AUGMENT_STREAM, step, self.plan.rank)):
-            return self._build(step)
-
-    def _build(self, step: int) -> dict[str, Any]:
         p = self.plan
+        gen = generator(self.seed, AUGMENT_STREAM, step, p.rank)
         li = self._indices(LABELED_STREAM, len(self.labeled), p.batch_size, step)
         labeled = gather_images(self.labeled.images, li)
-        out: dict[str, Any] = {
-            "x_l": self.views.batch(self.labeled_view, labeled),
-            "y_l": torch.from_numpy(self.labeled.labels[li]),
-            "l_index": torch.from_numpy(li.astype(np.int64)),
-            "u_views": [], "u_index": torch.zeros(0, dtype=torch.long), "u_true": torch.zeros(0, dtype=torch.long),
-        }
+        out: dict[str, Any] = {"y_l": torch.from_numpy(self.labeled.labels[li]),
+                               "l_index": torch.from_numpy(li.astype(np.int64)),
+                               "u_index": torch.zeros(0, dtype=torch.long), "u_true": torch.zeros(0, dtype=torch.long)}
+        # parameters in a fixed order: the labeled view, the unlabeled views, the extra labeled views
+        l_params = self.views.sample(self.labeled_view, len(li), gen)
+        unlabeled, u_params = None, []
         if self.unlabeled_views and self.unlabeled is not None:
             ui = self._indices(UNLABELED_STREAM, len(self.unlabeled), p.batch_size * p.mu, step)
-            imgs = gather_images(self.unlabeled.images, ui)   # read once, shared by every view
-            out["u_views"] = [self.views.batch(v, imgs) for v in self.unlabeled_views]
+            unlabeled = gather_images(self.unlabeled.images, ui)   # read once, shared by every view
+            u_params = [self.views.sample(v, len(ui), gen) for v in self.unlabeled_views]
             out["u_index"] = torch.from_numpy(ui.astype(np.int64))
             out["u_true"] = torch.from_numpy(self.unlabeled.labels[ui])
-        out["l_views"] = [self.views.batch(v, labeled) for v in self.extra_labeled_views]   # drawn last
+        e_params = [self.views.sample(v, len(li), gen) for v in self.extra_labeled_views]
+        if self.build_views:
+            out["x_l"] = self.views.apply(self.labeled_view, labeled, l_params)
+            out["u_views"] = [self.views.apply(v, unlabeled, q) for v, q in zip(self.unlabeled_views, u_params)]
+            out["l_views"] = [self.views.apply(v, labeled, q) for v, q in zip(self.extra_labeled_views, e_params)]
+        else:
+            out["raw"] = {"labeled": labeled.contiguous(),
+                          "unlabeled": unlabeled.contiguous() if unlabeled is not None else None,
+                          "l_params": l_params, "u_params": u_params, "e_params": e_params}
         return out
+
+
+def realize(raw: dict[str, Any], views: Views, labeled_view: str, unlabeled_views: tuple[str, ...],
+            extra_labeled_views: tuple[str, ...], device: torch.device) -> tuple[Tensor, list[Tensor], list[Tensor]]:
+    """(labeled view, unlabeled views, extra labeled views) of a loader item, as uint8 on ``device``.
+
+    Views built in the worker are only copied; otherwise the raw rows go over once and every
+    view is built from them on the device.
+    """
+    if "raw" not in raw:
+        move = lambda x: x.to(device, non_blocking=True)   # noqa: E731
+        return move(raw["x_l"]), [move(v) for v in raw["u_views"]], [move(v) for v in raw["l_views"]]
+    r = to_device(raw["raw"], device)
+    labeled = r["labeled"]
+    x_l = views.apply(labeled_view, labeled, r["l_params"])
+    u_views = []
+    if r["unlabeled"] is not None:
+        unlabeled = r["unlabeled"]
+        u_views = [views.apply(v, unlabeled, q) for v, q in zip(unlabeled_views, r["u_params"])]
+    l_views = [views.apply(v, labeled, q) for v, q in zip(extra_labeled_views, r["e_params"])]
+    return x_l, u_views, l_views
 
 
 def step_loader(batches: StepBatches, start_step: int, total_steps: int, num_workers: int,
@@ -120,23 +142,19 @@ def step_loader(batches: StepBatches, start_step: int, total_steps: int, num_wor
                       persistent_workers=False)
 
 
-def view_batches(images: ImageSet, views: Views, view: str, seed: int, chunk: int):
-    """Yield (uint8 batch, labels) over a whole set with one named view, deterministically.
+def view_batches(images: ImageSet, views: Views, view: str, seed: int, chunk: int,
+                 device: torch.device | None = None) -> Iterator[tuple[Tensor, Tensor]]:
+    """(uint8 view on ``device``, labels) over a whole set in chunks, deterministically.
 
-    The views draw from a stream seeded by ``seed`` alone: the caller's CPU random state is
-    swapped out while a chunk is built and restored before it is yielded, so whatever runs
-    between chunks neither perturbs the views nor is perturbed by them.
+    Chunk i's view parameters come from a generator seeded by (``seed``, i) alone, so a pass
+    neither depends on nor disturbs any other random stream; rows are read chunk by chunk.
     """
-    own = torch.Generator().manual_seed(seed).get_state()
-    for start in range(0, len(images), chunk):
+    device = device or torch.device("cpu")
+    for i, start in enumerate(range(0, len(images), chunk)):
         part = slice(start, min(start + chunk, len(images)))
-        outer = torch.default_generator.get_state()
-        torch.default_generator.set_state(own)
-        try:
-            x = views.batch(view, gather_images(images.images, part))
-            own = torch.default_generator.get_state()
-        finally:
-            torch.default_generator.set_state(outer)
+        x = gather_images(images.images, part).to(device, non_blocking=True)
+        if view != "plain":
+            x = views.apply(view, x, views.sample(view, x.shape[0], generator(seed, i)))
         yield x, torch.from_numpy(images.labels[part])
 
 

@@ -14,6 +14,8 @@ from ..errors import SSLZooError
 # The official Ada-CM RAF-DB split: labels for (fear, each other class) at each total.
 ADACM_RAFDB_SPLIT = {100: (10, 15), 400: (40, 60), 1000: (100, 150), 2000: (200, 300), 4000: (250, 625)}
 FEAR = 1  # canonical id of fear
+# ``labels: all``: every training image with a known label is labeled (the paper's "Fully Supervised" row)
+LABELS_ALL = "all"
 
 
 @dataclass
@@ -28,9 +30,19 @@ class Split:
                 "val": [ids[i] for i in self.val]}
 
 
-def per_class_counts(labels: np.ndarray, n_labels: int, num_classes: int, protocol: str) -> np.ndarray:
-    """How many labels to draw from each class under a protocol."""
+def per_class_counts(labels: np.ndarray, n_labels: int | str, num_classes: int, protocol: str) -> np.ndarray:
+    """How many labels to draw from each class under a protocol (``"all"``: every image of the class)."""
     counts_avail = np.bincount(labels[labels >= 0], minlength=num_classes)
+    if n_labels == LABELS_ALL:
+        if protocol == "adacm_rafdb":
+            raise SSLZooError(f"--split adacm_rafdb does not apply to --labels {LABELS_ALL}: the official Ada-CM "
+                              f"RAF-DB split is defined for --labels in {sorted(ADACM_RAFDB_SPLIT)}, and --labels "
+                              f"{LABELS_ALL} labels every training image. Use --split balanced (the default) or "
+                              f"stratified, which both take every image with --labels {LABELS_ALL}.")
+        return counts_avail.astype(np.int64)
+    if isinstance(n_labels, bool) or not isinstance(n_labels, (int, np.integer)):
+        raise SSLZooError(f"--labels must be a positive number of labeled images or '{LABELS_ALL}'; "
+                          f"got {n_labels!r}.")
     if n_labels <= 0:
         raise SSLZooError(f"--labels must be a positive number of labeled images; got {n_labels}.")
     if protocol == "balanced":
@@ -57,12 +69,19 @@ def per_class_counts(labels: np.ndarray, n_labels: int, num_classes: int, protoc
     return want
 
 
-def make_split(labels: np.ndarray, n_labels: int, seed: int, *, num_classes: int,
+def make_split(labels: np.ndarray, n_labels: int | str, seed: int, *, num_classes: int,
                protocol: str = "balanced", val_per_class: int = 0,
                class_names: tuple[str, ...] | None = None) -> Split:
-    """Draw the labeled (and optional validation) subset; everything else is unlabeled."""
+    """Draw the labeled (and optional validation) subset; everything else is unlabeled.
+
+    ``n_labels="all"``: the validation images are drawn first, the rest of every class is labeled,
+    and only images without ground truth stay unlabeled.
+    """
     labels = np.asarray(labels)
+    every = n_labels == LABELS_ALL
     want = per_class_counts(labels, n_labels, num_classes, protocol)
+    if every:   # the validation split comes out of the labeled images
+        want = np.maximum(want - val_per_class, 0)
     rng = np.random.default_rng(np.random.SeedSequence([seed, 0x5EED]))
     labeled, val, unlabeled = [], [], []
     for c in range(num_classes):
@@ -70,10 +89,11 @@ def make_split(labels: np.ndarray, n_labels: int, seed: int, *, num_classes: int
         need = int(want[c]) + val_per_class
         if need > len(idx):
             name = class_names[c] if class_names else str(c)
-            raise SSLZooError(
-                f"Class '{name}' has {len(idx)} training images, but {int(want[c])} labels"
-                f"{f' + {val_per_class} validation images' if val_per_class else ''} were requested "
-                f"for it ({protocol} protocol, --labels {n_labels}). Ask for fewer labels.")
+            asked = (f"{val_per_class} validation images were requested for it (--val-per-class "
+                     f"{val_per_class}, --labels {n_labels}). Ask for fewer validation images." if every else
+                     f"{int(want[c])} labels{f' + {val_per_class} validation images' if val_per_class else ''} "
+                     f"were requested for it ({protocol} protocol, --labels {n_labels}). Ask for fewer labels.")
+            raise SSLZooError(f"Class '{name}' has {len(idx)} training images, but {asked}")
         idx = rng.permutation(idx)
         val.append(idx[:val_per_class])
         labeled.append(idx[val_per_class:need])

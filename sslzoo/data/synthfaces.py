@@ -17,16 +17,15 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import SSLZooError
-from ..paths import cache_dir
 from .base import DataBundle, ImageSet
-from .synthfer import (GENERATOR_VERSION, RAF_TRAIN_COUNTS, arrays_fit, cached_arrays, check_image_size,
-                       draw_labels, expression_params, nuisance_params, options_key, read_npz, render)
+from .cache import decoded_root
+from .synthfer import (GENERATOR_VERSION, RAF_TRAIN_COUNTS, cache_key, check_image_size, draw_labels,
+                       expression_params, generated_entry, nuisance_params, options_key, render)
 
 # nuisance_params keys that describe the person, not the photo (pose, scene, camera stay per image).
 IDENTITY_KEYS = ("skin", "hair", "iris", "face_a", "face_b", "jaw", "eye_x", "eye_y", "eye_w", "eye_id",
                  "brow_h", "brow_len", "brow_t", "nose_y", "mouth_y", "lip_red", "hair_w", "hair_cut",
                  "hairline", "hair_slant", "bald")
-_CACHE_KEYS = ("train_images", "train_labels", "test_images", "test_labels")
 _SEED_PATH = 1001   # SeedSequence([data_seed, 1001, ...]): synthfer itself uses 1, 2 and 3
 
 
@@ -74,35 +73,35 @@ def photo_params(n: int, people: dict[str, np.ndarray], seed: np.random.SeedSequ
     return params, who
 
 
-def generate(opts: SynthFacesOptions) -> dict[str, np.ndarray]:
-    """Both splits: the same people in train and test, different photos of them."""
+def generate(opts: SynthFacesOptions, out: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """Both splits: the same people in train and test, different photos of them (rendered into
+    ``out``, train rows then test rows, when given)."""
     opts.validate()
+    out = np.empty((opts.n_train + opts.n_test, opts.image_size, opts.image_size, 3), np.uint8) if out is None else out
     people_seq, train_seq, test_seq = np.random.SeedSequence([opts.data_seed, _SEED_PATH]).spawn(3)
     people = nuisance_params(opts.n_identities, np.random.default_rng(people_seq))
-    out: dict[str, np.ndarray] = {}
+    arrays: dict[str, np.ndarray] = {}
+    rows = {"train": out[:opts.n_train], "test": out[opts.n_train:]}
     for split, n, seq in (("train", opts.n_train, train_seq), ("test", opts.n_test, test_seq)):
         params_seq, render_seq = seq.spawn(2)
         params, who = photo_params(n, people, params_seq)
-        out[f"{split}_images"] = render(params, opts.image_size, render_seq)
-        out[f"{split}_labels"] = who
-    return out
+        arrays[f"{split}_images"] = render(params, opts.image_size, render_seq, rows[split])
+        arrays[f"{split}_labels"] = who
+    return arrays
 
 
 def cache_path(opts: SynthFacesOptions) -> Path:
-    return cache_dir() / f"synthfer-faces-{opts.cache_key()}.npz"
-
-
-def _read_cache(path: Path, opts: SynthFacesOptions) -> dict[str, np.ndarray] | None:
-    arrays = read_npz(path, _CACHE_KEYS)
-    ok = arrays is not None and arrays_fit(
-        arrays, {"train_images": opts.n_train, "test_images": opts.n_test},
-        {"train_labels": opts.n_train, "test_labels": opts.n_test}, opts.image_size, opts.n_identities)
-    return arrays if ok else None
+    """The cache entry folder of these options (whether built or not)."""
+    return decoded_root() / cache_key("synthfer_faces", opts)
 
 
 def load_arrays(opts: SynthFacesOptions) -> tuple[dict[str, np.ndarray], bool]:
+    """The data set's arrays (images memory-mapped) and whether they came from the cache."""
     opts.validate()
-    return cached_arrays(cache_path(opts), lambda path: _read_cache(path, opts), lambda: generate(opts))
+    entry = generated_entry("synthfer_faces", opts, lambda o, out: generate(o, out), opts.n_identities)
+    labels = np.asarray(entry.meta["labels"], dtype=np.int64)
+    return {"train_images": entry.images[:opts.n_train], "test_images": entry.images[opts.n_train:],
+            "train_labels": labels[:opts.n_train], "test_labels": labels[opts.n_train:]}, entry.hit
 
 
 def load_bundle(opts: SynthFacesOptions) -> DataBundle:

@@ -34,24 +34,25 @@ signed distances, so edges are anti-aliased at any ``image_size``), in batches:
 
 Everything is a deterministic function of the options (``data_seed`` included);
 the test split depends only on ``n_test``, ``image_size`` and ``data_seed``.
-Results are cached under ``cache_dir()/synthfer-<hash>.npz``.
+Results are cached like a decoded data set (``cache_dir()/decoded/synthfer-<size>px-<hash>/``:
+one memory-mapped ``images.npy``, train rows then test rows, and ``meta.json``), rendered
+chunk by chunk straight into that file, so neither generating nor training ever holds the
+whole data set in memory (synthfer_faces at 224 px is 3 GB).
 """
 from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
-import zipfile
+import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
 from ..errors import SSLZooError
-from ..paths import cache_dir
 from .base import DataBundle, ImageSet
+from .cache import CacheEntry, allocate, check_free_space, decoded_root, get_or_build, make_key
 from .labels import FER7
 
 GENERATOR_VERSION = 2   # bump on any change to the images or labels (invalidates caches)
@@ -62,7 +63,6 @@ RAF_TEST_COUNTS = (329, 74, 160, 1185, 478, 162, 680)
 
 SURPRISE, FEAR, DISGUST, HAPPINESS, SADNESS, ANGER, NEUTRAL = range(7)
 MIN_SIZE, MAX_SIZE = 16, 512
-_CACHE_KEYS = ("train_images", "train_labels", "train_clean_labels", "test_images", "test_labels")
 
 
 @dataclass(frozen=True)
@@ -421,11 +421,13 @@ def _camera(canvas: np.ndarray, s: dict, p: dict, X: np.ndarray, Y: np.ndarray,
     return (canvas.transpose(1, 2, 3, 0) * 255 + 0.5).astype(np.uint8)
 
 
-def render(params: dict[str, np.ndarray], size: int, seed: np.random.SeedSequence) -> np.ndarray:
-    """Render all images in cache-friendly batches; uint8 [N, size, size, 3]."""
+def render(params: dict[str, np.ndarray], size: int, seed: np.random.SeedSequence,
+           out: np.ndarray | None = None) -> np.ndarray:
+    """Render all images in cache-friendly batches into ``out`` (uint8 [N, size, size, 3]; a new
+    array if None, else e.g. a memory map being filled on disk)."""
     n = len(params["skin"])
     batch = max(1, (1 << 17) // (size * size))
-    out = np.empty((n, size, size, 3), dtype=np.uint8)
+    out = np.empty((n, size, size, 3), dtype=np.uint8) if out is None else out
     starts = range(0, n, batch)
     for start, child in zip(starts, seed.spawn(len(starts))):
         part = {key: val[start:start + batch] for key, val in params.items()}
@@ -435,94 +437,91 @@ def render(params: dict[str, np.ndarray], size: int, seed: np.random.SeedSequenc
 
 # ----------------------------------------------------------------------------- generation + cache
 
-def _split(n: int, reference: tuple[int, ...], size: int, seed: np.random.SeedSequence
-           ) -> tuple[np.ndarray, np.ndarray]:
+def _split(n: int, reference: tuple[int, ...], size: int, seed: np.random.SeedSequence,
+           out: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     label_seq, expr_seq, nuis_seq, render_seq = seed.spawn(4)
     labels = draw_labels(n, reference, np.random.default_rng(label_seq))
     params = {**expression_params(labels, np.random.default_rng(expr_seq)),
               **nuisance_params(n, np.random.default_rng(nuis_seq))}
-    return render(params, size, render_seq), labels
+    return render(params, size, render_seq, out), labels
 
 
-def generate(opts: SynthFEROptions) -> dict[str, np.ndarray]:
-    """Generate both splits (no cache). Keys: see ``_CACHE_KEYS``."""
+def generate(opts: SynthFEROptions, out: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """Generate both splits (no cache); ``out``: where to render (train rows, then test rows)."""
     opts.validate()
+    out = np.empty((opts.n_train + opts.n_test, opts.image_size, opts.image_size, 3), np.uint8) if out is None else out
     train_img, train_clean = _split(opts.n_train, RAF_TRAIN_COUNTS, opts.image_size,
-                                    np.random.SeedSequence([opts.data_seed, 1]))
+                                    np.random.SeedSequence([opts.data_seed, 1]), out[:opts.n_train])
     test_img, test_labels = _split(opts.n_test, RAF_TEST_COUNTS, opts.image_size,
-                                   np.random.SeedSequence([opts.data_seed, 2]))
+                                   np.random.SeedSequence([opts.data_seed, 2]), out[opts.n_train:])
     noise_rng = np.random.default_rng(np.random.SeedSequence([opts.data_seed, 3]))
     train_labels = add_label_noise(train_clean, opts.label_noise, noise_rng)
     return {"train_images": train_img, "train_labels": train_labels,
             "train_clean_labels": train_clean, "test_images": test_img, "test_labels": test_labels}
 
 
+def cache_key(loader: str, opts: Any) -> str:
+    return make_key(loader, opts.image_size, opts.cache_key())
+
+
 def cache_path(opts: SynthFEROptions) -> Path:
-    return cache_dir() / f"synthfer-{opts.cache_key()}.npz"
+    """The cache entry folder of these options (whether built or not)."""
+    return decoded_root() / cache_key("synthfer", opts)
 
 
-def read_npz(path: Path, keys: tuple[str, ...]) -> dict[str, np.ndarray] | None:
-    """The arrays ``keys`` of a cached ``.npz``, or None when it is missing or unreadable."""
-    if not path.is_file():
-        return None
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            return {key: np.array(data[key]) for key in keys}
-    except (OSError, ValueError, KeyError, EOFError, RuntimeError, zipfile.BadZipFile):
-        return None   # unreadable (crash, disk full, manual edit): regenerate
+def generated_entry(loader: str, opts: Any, make: Callable[[Any, np.ndarray], dict[str, np.ndarray]],
+                    num_classes: int, extra_labels: tuple[str, ...] = ()) -> CacheEntry:
+    """The memory-mapped cache entry of a generated data set, generating it (into the file) if needed.
 
+    ``make(opts, out)`` renders train then test rows into ``out`` and returns the label arrays
+    (``train_labels``, ``test_labels`` and any of ``extra_labels``). Built once per key under
+    the decode cache's lock and renamed into place whole; an entry whose labels do not fit
+    the options (a damaged file) is rebuilt.
+    """
+    n = opts.n_train + opts.n_test
+    key = cache_key(loader, opts)
 
-def arrays_fit(arrays: dict[str, np.ndarray], images: dict[str, int], labels: dict[str, int],
-               size: int, num_classes: int) -> bool:
-    """uint8 image arrays of the given lengths and size, int64 label arrays of the given lengths in range."""
-    return (all(arrays[k].shape == (n, size, size, 3) and arrays[k].dtype == np.uint8 for k, n in images.items())
-            and all(arrays[k].shape == (n,) and arrays[k].dtype == np.int64
-                    and ((arrays[k] >= 0) & (arrays[k] < num_classes)).all() for k, n in labels.items()))
+    def build(tmp: Path | None) -> tuple[np.ndarray, dict[str, Any]]:
+        shape = (n, opts.image_size, opts.image_size, 3)
+        if tmp is not None:
+            check_free_space(tmp, int(np.prod(shape)), f"the {n} {loader} images")
+        images = allocate(tmp, "images.npy", shape)
+        arrays = make(opts, images)
+        meta = {"loader": loader, "generated": True, "root": None, "image_size": opts.image_size,
+                "options": asdict(opts), "key_options": {"loader": loader, "options": asdict(opts)},
+                "labels": np.concatenate([arrays["train_labels"], arrays["test_labels"]]).tolist(),
+                "ids": [f"{loader}/{split}/{i:06d}" for split, m in (("train", opts.n_train), ("test", opts.n_test))
+                        for i in range(m)],
+                "ranges": {"train": [0, opts.n_train], "test": [opts.n_train, n]},
+                **{k: np.asarray(arrays[k]).tolist() for k in extra_labels}}
+        return images, meta
 
-
-def _read_cache(path: Path, opts: SynthFEROptions) -> dict[str, np.ndarray] | None:
-    """The cached arrays, or None when the file is missing, truncated or inconsistent."""
-    arrays = read_npz(path, _CACHE_KEYS)
-    ok = arrays is not None and arrays_fit(
-        arrays, {"train_images": opts.n_train, "test_images": opts.n_test},
-        {"train_labels": opts.n_train, "train_clean_labels": opts.n_train, "test_labels": opts.n_test},
-        opts.image_size, 7)
-    return arrays if ok else None
-
-
-def _write_cache(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    """Write atomically: a temp file in the same folder, then ``os.replace``."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.stem + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.savez(fh, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def cached_arrays(path: Path, read, make) -> tuple[dict[str, np.ndarray], bool]:
-    """``read(path)`` if it gives arrays, else ``make()`` them and cache them; and whether cached."""
-    arrays = read(path)
-    if arrays is not None:
-        return arrays, True
-    arrays = make()
-    try:
-        _write_cache(path, arrays)
-    except OSError:   # a read-only cache folder must not stop a run
-        pass
-    return arrays, False
+    for attempt in range(2):
+        entry = get_or_build(key, build)
+        labels = np.asarray(entry.meta["labels"])
+        fits = (entry.images.shape == (n, opts.image_size, opts.image_size, 3)
+                and ((labels >= 0) & (labels < num_classes)).all()
+                and all(len(entry.meta.get(k, ())) == opts.n_train for k in extra_labels))
+        if fits:
+            return entry
+        if entry.path is not None:
+            shutil.rmtree(entry.path, ignore_errors=True)
+    raise SSLZooError(f"The cached {loader} data at {decoded_root() / key} could not be rebuilt; "
+                      f"check the disk, or set SSLZOO_CACHE to another folder.")
 
 
 def load_arrays(opts: SynthFEROptions) -> tuple[dict[str, np.ndarray], bool]:
-    """The data set's arrays and whether they came from the cache (generating them if needed)."""
+    """The data set's arrays (images memory-mapped) and whether they came from the cache."""
     opts.validate()
-    return cached_arrays(cache_path(opts), lambda path: _read_cache(path, opts), lambda: generate(opts))
+    entry = generated_entry("synthfer", opts, lambda o, out: generate(o, out), 7, ("train_clean_labels",))
+    labels = np.asarray(entry.meta["labels"], dtype=np.int64)
+    return {"train_images": entry.images[:opts.n_train], "test_images": entry.images[opts.n_train:],
+            "train_labels": labels[:opts.n_train], "test_labels": labels[opts.n_train:],
+            "train_clean_labels": np.asarray(entry.meta["train_clean_labels"], dtype=np.int64)}, entry.hit
 
 
 def load_bundle(opts: SynthFEROptions) -> DataBundle:
-    """SynthFER as a :class:`DataBundle` (cached)."""
+    """SynthFER as a :class:`DataBundle` (cached, memory-mapped)."""
     arrays, from_cache = load_arrays(opts)
     width = max(6, len(str(max(opts.n_train, opts.n_test))))
     train = ImageSet(arrays["train_images"], arrays["train_labels"],
@@ -557,7 +556,7 @@ def preview_grid(bundle: DataBundle, path: str | Path, per_class: int = 8, *, sp
         y = c * (size + 2)
         draw.text((4, y + size // 2 - 5), name, fill="black")
         for j, i in enumerate(np.flatnonzero(images.labels == c)[:per_class]):
-            tile = Image.fromarray(np.asarray(images.images[i])).resize((size, size), Image.NEAREST)
+            tile = Image.fromarray(images.images[i]).resize((size, size), Image.NEAREST)
             grid.paste(tile, (label_w + j * (size + 2), y))
     path = Path(path)
     grid.save(path)

@@ -8,10 +8,15 @@ l = CE(p, argmax p) = -log max p, is at most rho_t:
     w     = 1[-log max p <= rho_t]
 
 Warm-up (the paper's first stage): during the first W steps no unlabeled sample is
-trusted (supervised-only training, as USB's warm-up), and rho_hat is the mean
-per-sample supervised cross-entropy of every labeled TRAINING batch seen in those
-steps (``PolicyInput.labeled_loss``). It never looks at test or validation data;
-USB instead takes the loss of its evaluation set after the warm-up.
+trusted (supervised-only training, as USB's warm-up). rho_hat is then the loss of the
+warmed-up model, as in the paper: before the first step after the warm-up (step W, in
+``before_step``, outside the sync-free step) the policy asks the trainer once for the
+per-sample cross-entropy of the training model (eval mode, after its W warm-up updates)
+over the WHOLE labeled training set, in the view it trains on (``StepContext.labeled_loss``),
+and keeps its mean as a device tensor. Until it has rho_hat it trusts nothing (a driver that
+skips ``before_step`` gets a supervised-only run, never a host read inside the step). It never
+looks at test or validation data; USB instead takes the loss of its EMA model on its
+evaluation set after the warm-up.
 
 Defaults and conventions:
   * C, gamma, rho_min: the paper's and USB's values.
@@ -25,16 +30,18 @@ Defaults and conventions:
     targets sharpened with T = 0.5 until rho reaches rho_min.
   * ``<=`` as USB (``loss.le(rho)``); the paper's "smaller than" differs only on ties.
 
-Distributed: the warm-up loss sums and counts are all-reduced, so rho_hat is the mean
-over the labeled batches of every process.
+Distributed: the trainer's pass covers the whole labeled set (each process a shard, gathered),
+so every process gets the same rho_hat.
 """
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from torch import Tensor
 
+from ..errors import SSLZooError
 from ..policy import PolicyInput, StepContext, ThresholdPolicy
 from ..registry import register_policy
 
@@ -66,9 +73,9 @@ class DashThreshold(ThresholdPolicy):
                              f"got warmup={warmup}, num_wait={num_wait}")
         self.C, self.gamma, self.rho_min = float(C), float(gamma), float(rho_min)
         self.warmup, self.num_wait = float(warmup), int(num_wait)
-        self.loss_sum = torch.zeros((), dtype=torch.float64)     # warm-up labeled loss, summed
-        self.loss_count = torch.zeros((), dtype=torch.float64)
+        self.rho_hat_value = torch.tensor(float("nan"), dtype=torch.float64)   # set once, at step W
         self.rho = torch.tensor(float("nan"))                     # rho in force at the latest step (logging)
+        self._estimated = False                                   # rho_hat_value holds the estimate
 
     # -- schedule ---------------------------------------------------------------------
     def warmup_steps(self, total_steps: int) -> int:
@@ -85,18 +92,31 @@ class DashThreshold(ThresholdPolicy):
     @property
     def rho_hat(self) -> float:
         """rho_hat as a number, for logging and tests (a host read: never called inside a step)."""
-        return float(self.rho_hat_tensor())
+        return float(self.rho_hat_value)
 
-    def rho_hat_tensor(self) -> Tensor:
-        """The mean warm-up labeled loss, on the state's device (NaN before any warm-up step)."""
-        return self.loss_sum / self.loss_count
+    def before_step(self, ctx: StepContext) -> None:
+        """At the first step after the warm-up (or a resume past it without an estimate): rho_hat."""
+        if not self._estimated and self.stage(ctx.step, ctx.total_steps) >= 1:
+            self.estimate_rho_hat(ctx)
+
+    def estimate_rho_hat(self, ctx: StepContext) -> None:
+        """rho_hat = mean per-sample CE of the warmed-up training model over the labeled training set.
+
+        Once per run; the result stays on the device.
+        """
+        if ctx.labeled_loss is None:
+            raise SSLZooError("The dash policy estimates rho_hat from StepContext.labeled_loss, the labeled "
+                              "training loss the trainer provides; this step context has none. Train through "
+                              "sslzoo's Trainer (sslzoo train / sslzoo.fit), or pass labeled_loss in the context.")
+        self.rho_hat_value = ctx.labeled_loss().detach().double().mean()
+        self._estimated = True
 
     def rho_tensor(self, step: int, total_steps: int) -> Tensor:
         """rho_t as a device tensor (NaN during warm-up): the schedule without a host read."""
         t = self.stage(step, total_steps)
         if t == 0:
-            return torch.full((), float("nan"), dtype=self.loss_sum.dtype, device=self.loss_sum.device)
-        return (self.C * self.gamma ** -(t - 1) * self.rho_hat_tensor()).clamp_min(self.rho_min)
+            return torch.full((), float("nan"), dtype=self.rho_hat_value.dtype, device=self.rho_hat_value.device)
+        return (self.C * self.gamma ** -(t - 1) * self.rho_hat_value).clamp_min(self.rho_min)
 
     def rho_at(self, step: int, total_steps: int) -> float:
         return float(self.rho_tensor(step, total_steps))
@@ -106,20 +126,17 @@ class DashThreshold(ThresholdPolicy):
         if self.stage(ctx.step, ctx.total_steps) == 0:
             return inp.probs.new_zeros(inp.probs.shape[0])
         rho = self.rho_tensor(ctx.step, ctx.total_steps).to(inp.probs.device, inp.probs.dtype)
-        return (self_loss(inp.probs) <= rho).float()
+        return (self_loss(inp.probs) <= rho).float()   # rho NaN (no rho_hat yet): nothing trusted
 
     def update(self, inp: PolicyInput, ctx: StepContext) -> None:
         if self.stage(ctx.step, ctx.total_steps) == 0:
-            if inp.labeled_loss is None:
-                raise ValueError("The dash policy estimates rho_hat from PolicyInput.labeled_loss "
-                                 "(per-sample supervised CE), which this algorithm does not pass.")
-            loss = inp.labeled_loss.detach().double()
-            total = ctx.dist.all_reduce(torch.stack([loss.sum(), loss.new_full((), float(loss.numel()))]))
-            self.loss_sum = self.loss_sum + total[0].to(self.loss_sum.device)
-            self.loss_count = self.loss_count + total[1].to(self.loss_count.device)
-            self.rho = torch.full((), float("nan"), device=self.loss_sum.device)
+            self.rho = torch.full((), float("nan"), device=inp.probs.device)
         else:
             self.rho = self.rho_tensor(ctx.step, ctx.total_steps).float()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        self._estimated = bool(torch.isfinite(self.rho_hat_value))   # at resume, not inside a step
 
     def extra_stats(self) -> dict[str, float]:
         stats = {"dash_rho": float(self.rho), "dash_rho_hat": self.rho_hat}

@@ -29,7 +29,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..policy import PolicyInput, StepContext, ThresholdPolicy
+from ..policy import PolicyInput, StepContext, ThresholdPolicy, histogram
 from ..registry import register_policy
 
 MAPPINGS = ("convex", "linear")
@@ -46,7 +46,7 @@ def flexmatch_mapping(beta: Tensor, mapping: str = "convex") -> Tensor:
 
 def learning_effect(memory: Tensor, num_classes: int, warmup: bool = True) -> Tensor:
     """beta_c from the per-sample memory (-1 = no confident prediction yet)."""
-    counts = torch.bincount(memory + 1, minlength=num_classes + 1).float()
+    counts = histogram(memory + 1, num_classes + 1)
     unused, sigma = counts[0], counts[1:]
     denominator = torch.maximum(sigma.max(), unused) if warmup else sigma.max()
     return sigma / denominator.clamp_min(1.0)      # all zero before the first confident prediction

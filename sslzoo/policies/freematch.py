@@ -13,8 +13,8 @@ the freematch algorithm's fairness term (SAF) reads; it does not affect the mask
 Conventions:
   * the EMAs take the current batch before the mask is computed (tau_t includes batch t,
     as the paper's Eq. 4-6 and USB's hook), hence ``update_first``;
-  * initial values 1/C follow the paper (and TorchSSL); USB initializes tau and p~ to 1,
-    which makes the first steps much stricter;
+  * initial values 1/C, as the paper, TorchSSL and USB (whose hook starts p~ and h~ at
+    1/C and tau at their mean, 1/C);
   * no quantile and no clipping of tau (USB's ``use_quantile=False``, ``clip_thresh=False``).
 
 Distributed: the batch probabilities are gathered from every process before the EMAs
@@ -25,7 +25,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..policy import PolicyInput, StepContext, ThresholdPolicy
+from ..policy import PolicyInput, StepContext, ThresholdPolicy, histogram
 from ..registry import register_policy
 
 
@@ -64,7 +64,7 @@ class FreeMatchThreshold(ThresholdPolicy):
         probs = ctx.dist.gather(inp.probs.detach().float()).to(self.class_mean.device)
         conf, pred = probs.max(dim=-1)
         m = self.momentum
-        hist = torch.bincount(pred, minlength=self.num_classes).float()
+        hist = histogram(pred, self.num_classes)
         self.global_threshold = m * self.global_threshold + (1 - m) * conf.mean()
         self.class_mean = m * self.class_mean + (1 - m) * probs.mean(dim=0)
         self.label_hist = m * self.label_hist + (1 - m) * hist / hist.sum()

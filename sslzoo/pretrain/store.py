@@ -20,7 +20,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -44,6 +43,8 @@ class PretrainRecipe:
     seed: int = 0
     threads: int = 2                              # CPU threads while training (fixes float summation order)
     version: int = 1                              # bump when the code behind the recipe changes its weights
+    # weights key -> SHA-256 of the weights file behind published numbers (the README's); not part of the key
+    reference_sha256: dict[str, str] = field(default_factory=dict)
 
 
 def say(message: str) -> None:
@@ -120,9 +121,10 @@ def train_recipe(name: str, recipe: PretrainRecipe, backbone_cfg: dict[str, Any]
     before its weights were found missing) are left exactly as they were.
     """
     from ..data.prepare import load_bundle
+    from ..data.views import ImageRows
     from ..models.build import build_backbone
     bundle = load_bundle(recipe.dataset, None, image_size, {})
-    images = torch.from_numpy(np.ascontiguousarray(bundle.train.images)).permute(0, 3, 1, 2).contiguous()
+    images = ImageRows(bundle.train.images)   # batches are read from the memory-mapped cache as needed
     threads = torch.get_num_threads()
     torch.set_num_threads(recipe.threads)
     cuda = [device] if device.type == "cuda" else []
@@ -135,6 +137,36 @@ def train_recipe(name: str, recipe: PretrainRecipe, backbone_cfg: dict[str, Any]
     finally:
         torch.set_num_threads(threads)
     return {k: v.detach().cpu() for k, v in model.state_dict().items() if not k.startswith("head.")}
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def reference_note(name: str, path: Path) -> str | None:
+    """Whether the weights file at ``path`` is the build behind the README's numbers, in one sentence.
+
+    None when recipe ``name`` records no reference build at all (a plugin's recipe). Why: the
+    weights are built locally, and another torch, CPU or device can give other bits, hence
+    other numbers than the README's; saying so beats a silent difference.
+    """
+    recipe = PRETRAINED.get(name)
+    if not recipe.reference_sha256:
+        return None
+    key = path.stem.rpartition("-")[2]
+    expected = recipe.reference_sha256.get(key)
+    if expected is None:
+        return (f"{path.name}: no reference SHA-256 recorded for this recipe, backbone, image size and device "
+                f"(not the weights behind the README's numbers); see docs/pretraining.md")
+    actual = file_sha256(path)
+    if actual == expected:
+        return f"{path.name}: SHA-256 {actual[:16]}... matches the weights behind the README's numbers"
+    return (f"{path.name}: SHA-256 {actual[:16]}... differs from the reference {expected[:16]}...: expect other "
+            f"numbers than the README's; see docs/pretraining.md")
 
 
 def is_built(path: Path) -> bool:
@@ -195,4 +227,7 @@ def prebuild(configs: Iterable[dict[str, Any]], log: Callable[[str], None] = say
         kind = device_type(str(cfg.get("device", "auto")))
         if weights_path(name, cfg["backbone"], int(cfg["image_size"]), kind) not in paths:   # read each file once
             paths.append(pretrained_weights(name, cfg["backbone"], int(cfg["image_size"]), kind, log))
+            note = reference_note(name, paths[-1])
+            if note:
+                log(note)
     return paths

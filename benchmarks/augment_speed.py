@@ -1,0 +1,183 @@
+"""Augmentation speed at the paper's shape: sslzoo's batched views against the per-image ways.
+
+What is timed, for one training step of Ada-CM at 224 px (B = 16 labeled weak views, mu = 1,
+three views per unlabeled image: weak, weak, strong; the official RandAugment(3, .) + Cutout),
+from uint8 images in memory to normalized float tensors, in one process with ONE thread
+(images/s per CPU core):
+
+* ``batched``: sslzoo's path (:mod:`sslzoo.data.augment`): parameters drawn per step, each
+  operation applied to every image that drew it at once, then ``normalize_batch``;
+* ``per_image_torchvision``: sslzoo's strong view until late 2026: the batched crop/flip and
+  Cutout around torchvision's fixed-magnitude ``RandAugment`` called per image;
+* ``pil``: the way FixMatch (kekmodel), USB and the official Ada-CM code build views: per image,
+  PIL ``RandomCrop`` (reflect padding) + ``RandomHorizontalFlip``, the RandAugment operations on
+  the PIL image (the same 14 operations and ranges), Cutout with ``ImageDraw``, ``ToTensor`` and
+  ``Normalize``. Written here as those code bases write it (it is the peer's method).
+
+``--device cuda`` also times the batched path on the GPU (views built where they are trained on).
+"""
+from __future__ import annotations
+
+import random
+import statistics
+import time
+from dataclasses import asdict, dataclass
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from sslzoo.data.augment import RANDAUGMENT_OPS
+from sslzoo.data.views import MEAN, STD, AugmentConfig, Views, normalize_batch
+
+
+@dataclass
+class AugmentBenchOptions:
+    image_size: int = 224
+    batch_size: int = 16
+    mu: int = 1
+    unlabeled_views: tuple[str, ...] = ("weak", "weak", "strong")   # Ada-CM
+    randaugment_n: int = 3                                           # the official Ada-CM RandAugment(3, 5)
+    crop_padding: float = 0.125
+    repeats: int = 5                                                 # timed steps per method (median)
+
+
+def _pil_ops() -> dict[str, Callable]:
+    from PIL import Image, ImageEnhance, ImageOps
+    return {
+        "AutoContrast": lambda img, v: ImageOps.autocontrast(img),
+        "Brightness": lambda img, v: ImageEnhance.Brightness(img).enhance(v),
+        "Color": lambda img, v: ImageEnhance.Color(img).enhance(v),
+        "Contrast": lambda img, v: ImageEnhance.Contrast(img).enhance(v),
+        "Equalize": lambda img, v: ImageOps.equalize(img),
+        "Identity": lambda img, v: img,
+        "Posterize": lambda img, v: ImageOps.posterize(img, max(1, int(v))),
+        "Rotate": lambda img, v: img.rotate(v),
+        "Sharpness": lambda img, v: ImageEnhance.Sharpness(img).enhance(v),
+        "ShearX": lambda img, v: img.transform(img.size, Image.AFFINE, (1, v, 0, 0, 1, 0)),
+        "ShearY": lambda img, v: img.transform(img.size, Image.AFFINE, (1, 0, 0, v, 1, 0)),
+        "Solarize": lambda img, v: ImageOps.solarize(img, v),
+        "TranslateX": lambda img, v: img.transform(img.size, Image.AFFINE, (1, 0, v * img.size[0], 0, 1, 0)),
+        "TranslateY": lambda img, v: img.transform(img.size, Image.AFFINE, (1, 0, 0, 0, 1, v * img.size[1])),
+    }
+
+
+def pil_pipeline(opts: AugmentBenchOptions) -> Callable[[np.ndarray, str], torch.Tensor]:
+    """One image (uint8 HWC) -> one normalized view, per image with PIL, as USB builds it."""
+    from PIL import Image, ImageDraw
+    from torchvision import transforms
+    size = opts.image_size
+    pad = int(round(opts.crop_padding * size))
+    ops = _pil_ops()
+    pool = [(ops[name], lo, hi) for name, lo, hi in RANDAUGMENT_OPS]
+    crop_flip = transforms.Compose([transforms.RandomCrop(size, padding=pad, padding_mode="reflect"),
+                                    transforms.RandomHorizontalFlip()])
+    to_tensor = transforms.Compose([transforms.ToTensor(), transforms.Normalize(MEAN, STD)])
+
+    def randaugment(img):
+        for op, lo, hi in random.choices(pool, k=opts.randaugment_n):
+            img = op(img, lo + (hi - lo) * random.random())
+        v = random.random() * 0.5 * img.size[0]
+        if v > 0:
+            x0, y0 = np.random.uniform(img.size[0]), np.random.uniform(img.size[1])
+            x0, y0 = int(max(0, x0 - v / 2.0)), int(max(0, y0 - v / 2.0))
+            img = img.copy()
+            ImageDraw.Draw(img).rectangle((x0, y0, min(img.size[0], x0 + v), min(img.size[1], y0 + v)),
+                                          (125, 123, 114))
+        return img
+
+    def view(arr: np.ndarray, name: str) -> torch.Tensor:
+        img = crop_flip(Image.fromarray(arr))
+        return to_tensor(randaugment(img) if name == "strong" else img)
+    return view
+
+
+def _images(n: int, size: int, seed: int = 0) -> np.ndarray:
+    """Face-like test images: smooth random colour fields (not white noise, which no photo is)."""
+    rng = np.random.default_rng(seed)
+    small = rng.integers(0, 256, (n, 8, 8, 3), dtype=np.uint8)
+    big = torch.nn.functional.interpolate(torch.from_numpy(small).permute(0, 3, 1, 2).float(), size=(size, size),
+                                          mode="bilinear", align_corners=False)
+    return big.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous().numpy()
+
+
+def _median_seconds(fn: Callable[[], Any], repeats: int, sync: Callable[[], None] = lambda: None) -> float:
+    fn()
+    sync()
+    times = []
+    for _ in range(repeats):
+        tic = time.perf_counter()
+        fn()
+        sync()
+        times.append(time.perf_counter() - tic)
+    return statistics.median(times)
+
+
+def measure_augment(opts: AugmentBenchOptions | None = None, device: str = "cpu") -> dict[str, Any]:
+    """Views per second per CPU core for the three ways (one thread), and on ``device`` if a GPU."""
+    opts = opts or AugmentBenchOptions()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        n_l, n_u = opts.batch_size, opts.batch_size * opts.mu
+        labeled, unlabeled = _images(n_l, opts.image_size, 1), _images(n_u, opts.image_size, 2)
+        views_per_step = n_l + n_u * len(opts.unlabeled_views)
+        cfg = dict(crop_padding=opts.crop_padding, randaugment_n=opts.randaugment_n)
+        batched = Views(opts.image_size, AugmentConfig(**cfg))
+        legacy = Views(opts.image_size, AugmentConfig(**cfg, randaugment="torchvision", randaugment_m=10))
+        cpu = torch.device("cpu")
+        step = [0]
+
+        def tensor_step(views: Views, dev: torch.device) -> None:
+            gen = torch.Generator().manual_seed(step[0])
+            step[0] += 1
+            xl = torch.from_numpy(labeled).permute(0, 3, 1, 2).to(dev)
+            xu = torch.from_numpy(unlabeled).permute(0, 3, 1, 2).to(dev)
+            normalize_batch(views.batch("weak", xl, gen), dev)
+            for name in opts.unlabeled_views:
+                normalize_batch(views.batch(name, xu, gen), dev)
+
+        view = pil_pipeline(opts)
+        random.seed(0)
+        np.random.seed(0)
+
+        def pil_step() -> None:
+            torch.stack([view(img, "weak") for img in labeled])
+            for name in opts.unlabeled_views:
+                torch.stack([view(img, name) for img in unlabeled])
+
+        result: dict[str, Any] = {**asdict(opts), "unlabeled_views": list(opts.unlabeled_views),
+                                  "views_per_step": views_per_step, "threads": 1}
+        seconds = {"batched": _median_seconds(lambda: tensor_step(batched, cpu), opts.repeats),
+                   "per_image_torchvision": _median_seconds(lambda: tensor_step(legacy, cpu), opts.repeats),
+                   "pil": _median_seconds(pil_step, opts.repeats)}
+        for name, s in seconds.items():
+            result[f"{name}_img_s_per_core"] = views_per_step / s
+        result["batched_over_pil"] = seconds["pil"] / seconds["batched"]
+        result["batched_over_per_image_torchvision"] = seconds["per_image_torchvision"] / seconds["batched"]
+        if device != "cpu" and torch.cuda.is_available():
+            dev = torch.device(device)
+            s = _median_seconds(lambda: tensor_step(batched, dev), opts.repeats, lambda: torch.cuda.synchronize(dev))
+            result["batched_cuda_img_s"] = views_per_step / s
+            result["gpu"] = torch.cuda.get_device_name(dev)
+        return result
+    finally:
+        torch.set_num_threads(threads)
+
+
+def format_augment(r: dict[str, Any]) -> str:
+    lines = [f"augmentation at {r['image_size']} px, B={r['batch_size']} mu={r['mu']}, views "
+             f"weak + {'/'.join(r['unlabeled_views'])} ({r['views_per_step']} per step), RandAugment N="
+             f"{r['randaugment_n']}, one thread:",
+             f"  batched (sslzoo)            {r['batched_img_s_per_core']:8.1f} views/s per core",
+             f"  per-image torchvision       {r['per_image_torchvision_img_s_per_core']:8.1f} views/s per core",
+             f"  per-image PIL (USB-style)   {r['pil_img_s_per_core']:8.1f} views/s per core",
+             f"  batched / PIL = {r['batched_over_pil']:.2f}x (target >= 3), batched / per-image torchvision = "
+             f"{r['batched_over_per_image_torchvision']:.2f}x"]
+    if "batched_cuda_img_s" in r:
+        lines.append(f"  batched on {r['gpu']}: {r['batched_cuda_img_s']:.0f} views/s")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(format_augment(measure_augment()))

@@ -5,9 +5,10 @@
     L_u = 1/(mu B) * sum_b 1[selected] * CE(argmax q_b, f(strong(u_b)))
     L = L_s + lambda_u * L_u
 
-During the policy's warm-up nothing is selected (supervised-only training) and rho_hat
-is estimated from the labeled training loss the algorithm passes as
-``PolicyInput.labeled_loss``; see ``sslzoo/policies/dash.py`` for the schedule.
+During the policy's warm-up nothing is selected (supervised-only training); rho_hat is the
+labeled training loss of the warmed-up model, which the trainer computes once, over the whole
+labeled set, just before the first step after the warm-up (``StepContext.labeled_loss``); see
+``sslzoo/policies/dash.py`` for the schedule.
 """
 from __future__ import annotations
 

@@ -89,12 +89,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from sslzoo.algorithm import Batch, EpochContext, StepContext, StepOutput, pseudo_label_stats
+from sslzoo.algorithm import Batch, EpochContext, StepContext, pseudo_label_stats
 from sslzoo.distributed import DistContext
-from sslzoo.mixup import frozen_bn_stats, mixed_forward, mixup, sharpen
+from sslzoo.mixup import frozen_bn_stats, sharpen
 from sslzoo.registry import register_algorithm
 
-from .mixmatch import MixMatch, guess_labels, probs_mse, soft_ce
+from .mixmatch import MixMatch
 
 UNAVAILABLE_LOGIT = -1e9   # a class without a centroid: probability exactly 0 after the softmax
 
@@ -230,6 +230,7 @@ class MarginMix(MixMatch):
         self.lambda_margin, self.margin = float(lambda_margin), float(margin)
         self.normalize_embedding = normalize_embedding
         self.centroids = ClassCentroids(num_classes)
+        self._guess: dict[str, Tensor] | None = None   # this step's centroid guess, for its statistics
 
     @property
     def uses_centroids(self) -> bool:
@@ -290,28 +291,20 @@ class MarginMix(MixMatch):
         return {"q": sharpen(p, self.T), "p": p, "p_model": p_model, "p_cent": p_cent, "ready": ready}
 
     # -- the step -----------------------------------------------------------------------
-    def step(self, model: nn.Module, batch: Batch, ctx: StepContext) -> StepOutput:
-        views = list(batch.u_views)
-        on = self.uses_centroids
-        guess = None
-        if self.centroid_weight > 0:
-            guess = self.centroid_guess(model, views)
-            q, avg = guess["q"], guess["p"]
-        else:   # MixMatch's guess, the same call
-            q, avg = guess_labels(model, views, self.T)
-        n_l = batch.num_labeled
-        inputs = torch.cat([batch.x_l, *views])
-        targets = torch.cat([F.one_hot(batch.y_l, self.num_classes).float(), q.repeat(len(views), 1)])
-        mixed_x, mixed_y, _, _ = mixup(inputs, targets, self.mixup_alpha, self.mixup_per_sample)
-        extra = [batch.x_l] if on else []
-        logits, _, extra_out = mixed_forward(model, mixed_x, n_l, ctx.forward_mode, extra)
-        sup = soft_ce(logits[:n_l], mixed_y[:n_l])
-        unsup = probs_mse(logits[n_l:], mixed_y[n_l:])
-        losses = {"sup": sup, "unsup": self.unsup_weight(ctx) * unsup}
-        pseudo = avg.argmax(dim=-1)
-        stats = pseudo_label_stats(torch.ones_like(pseudo, dtype=torch.float32), pseudo, batch.u_true)
-        if not on:
-            return StepOutput(losses, stats)
+    # -- MixMatch's step, through its hooks: the centroid guess, the unmixed labeled pass, the margin --
+    def guess(self, model: nn.Module, views: list[Tensor]) -> tuple[Tensor, Tensor]:
+        self._guess = self.centroid_guess(model, views) if self.centroid_weight > 0 else None
+        if self._guess is None:   # MixMatch's guess, the same call
+            return super().guess(model, views)
+        return self._guess["q"], self._guess["p"]
+
+    def extra_inputs(self, batch: Batch) -> list[Tensor]:
+        return [batch.x_l] if self.uses_centroids else []
+
+    def extra_terms(self, batch: Batch, extra_out: list[tuple[Tensor, Tensor]], losses: dict[str, Tensor],
+                    stats: dict[str, Tensor], ctx: StepContext) -> None:
+        if not self.uses_centroids:
+            return
         emb_l = self.embed(extra_out[0][1])
         centroids, available = self._centroids_for(emb_l)   # the step's snapshot (the guess used the same)
         if self.lambda_margin > 0:
@@ -319,8 +312,8 @@ class MarginMix(MixMatch):
                                                                          self.margin, ctx.dist)
         self.centroids.accumulate(emb_l, batch.y_l, ctx.dist)
         stats["centroid_coverage"] = available.float().mean()
-        if guess is not None:
-            nearest = guess["p_cent"].argmax(dim=-1)
-            stats["centroid_label_acc"] = pseudo_label_stats(guess["ready"].float().expand(nearest.shape[0]),
+        if self._guess is not None:
+            nearest = self._guess["p_cent"].argmax(dim=-1)
+            stats["centroid_label_acc"] = pseudo_label_stats(self._guess["ready"].float().expand(nearest.shape[0]),
                                                              nearest, batch.u_true)["pseudo_label_acc"]
-        return StepOutput(losses, stats)
+

@@ -93,14 +93,29 @@ class MixMatch(SSLAlgorithm):
 
     def step(self, model: nn.Module, batch: Batch, ctx: StepContext) -> StepOutput:
         views = list(batch.u_views)
-        q, avg = guess_labels(model, views, self.T)
+        q, avg = self.guess(model, views)
         n_l = batch.num_labeled
         inputs = torch.cat([batch.x_l, *views])
         targets = torch.cat([F.one_hot(batch.y_l, self.num_classes).float(), q.repeat(len(views), 1)])
         mixed_x, mixed_y, _, _ = mixup(inputs, targets, self.mixup_alpha, self.mixup_per_sample)
-        logits, _, _ = mixed_forward(model, mixed_x, n_l, ctx.forward_mode)
+        logits, _, extra_out = mixed_forward(model, mixed_x, n_l, ctx.forward_mode, self.extra_inputs(batch))
         sup = soft_ce(logits[:n_l], mixed_y[:n_l])
         unsup = probs_mse(logits[n_l:], mixed_y[n_l:])
+        losses = {"sup": sup, "unsup": self.unsup_weight(ctx) * unsup}
         pseudo = avg.argmax(dim=-1)
         stats = pseudo_label_stats(torch.ones_like(pseudo, dtype=torch.float32), pseudo, batch.u_true)
-        return StepOutput({"sup": sup, "unsup": self.unsup_weight(ctx) * unsup}, stats)
+        self.extra_terms(batch, extra_out, losses, stats, ctx)
+        return StepOutput(losses, stats)
+
+    # -- hooks for methods built on MixMatch (MarginMix); MixMatch itself adds nothing ----------
+    def guess(self, model: nn.Module, views: list[Tensor]) -> tuple[Tensor, Tensor]:
+        """(sharpened targets q, averaged prediction) for the unlabeled views (Eq. 6-7)."""
+        return guess_labels(model, views, self.T)
+
+    def extra_inputs(self, batch: Batch) -> list[Tensor]:
+        """Unmixed inputs to run in the same gradient pass as the mixed batch."""
+        return []
+
+    def extra_terms(self, batch: Batch, extra_out: list[tuple[Tensor, Tensor]], losses: dict[str, Tensor],
+                    stats: dict[str, Tensor], ctx: StepContext) -> None:
+        """Add loss terms and statistics from the extra inputs' (logits, features), in place."""

@@ -32,9 +32,10 @@ Choices, and what they follow:
   * Ramp: linear on L_U and L_U1 only (official code and USB), over 1/64 of training
     (the official ``warmup_kimg=1024`` of 65,536 kimg; USB's default).
   * Rotation: a random rotation per sample of the first strong view (USB); the head is a
-    Linear(feature_dim, 4) on the backbone's (logits, FEATURES) output. Its input width
-    is found at the first step (a lazy layer: the algorithm is built before the model and
-    is not told its feature width); under DDP every rank then adopts rank 0's weights.
+    Linear(feature_dim, 4) on the backbone's (logits, FEATURES) output, built at its size by
+    ``bind_backbone`` before training (and broadcast from rank 0 under DDP, like the
+    backbone). Only a backbone that declares no ``feature_dim`` gets a lazy head, sized at
+    the first step, whose weights every rank then takes from rank 0.
   * MixUp lambda per pair (``mixup_per_sample``), like MixMatch here; USB: one per batch.
   * Passes: one label-guess pass (no gradient, batch-norm statistics frozen), then, in
     ``forward_mode="concat"``, ONE gradient pass over the mixed batch, the unmixed first

@@ -30,6 +30,7 @@ from torch import Tensor
 
 from sslzoo.algorithm import (Batch, ForwardOutput, PolicyInput, SSLAlgorithm, StepContext, StepOutput,
                               labeled_probs, pseudo_label_stats)
+from sslzoo.distributed import DistContext
 from sslzoo.registry import register_algorithm
 
 TSA_SCHEDULES = ("none", "linear", "log", "exp")
@@ -51,13 +52,17 @@ def tsa_threshold(schedule: str, progress: float, num_classes: int) -> float:
     return alpha * (1.0 - 1.0 / num_classes) + 1.0 / num_classes
 
 
-def tsa_supervised_loss(logits: Tensor, targets: Tensor, eta: float) -> tuple[Tensor, Tensor, Tensor]:
-    """TSA-masked CE: (loss over kept samples, keep mask [B], unmasked per-sample CE [B] detached)."""
+def tsa_supervised_loss(logits: Tensor, targets: Tensor, eta: float,
+                        dist: DistContext | None = None) -> tuple[Tensor, Tensor, Tensor]:
+    """TSA-masked CE: (loss over kept samples, keep mask [B], unmasked per-sample CE [B] detached).
+
+    The mean is over the kept samples of the global batch under DDP (``dist``).
+    """
     per_sample = F.cross_entropy(logits, targets, reduction="none")
     with torch.no_grad():
         p_correct = torch.softmax(logits.float(), dim=-1).gather(1, targets[:, None]).squeeze(1)
         keep = (p_correct <= eta).float()
-    loss = (per_sample * keep).sum() / keep.sum().clamp_min(1.0)
+    loss = (dist or DistContext()).global_ratio((per_sample * keep).sum(), keep.sum(), 1.0)
     return loss, keep, per_sample.detach()
 
 
@@ -99,7 +104,7 @@ class UDA(SSLAlgorithm):
 
     def losses(self, out: ForwardOutput, batch: Batch, ctx: StepContext) -> StepOutput:
         eta = tsa_threshold(self.tsa_schedule, ctx.progress, self.num_classes)
-        sup, keep, sup_per_sample = tsa_supervised_loss(out.logits_l, batch.y_l, eta)
+        sup, keep, sup_per_sample = tsa_supervised_loss(out.logits_l, batch.y_l, eta, ctx.dist)
         logits_weak, logits_strong = out.u_logits
         p, q = self.targets(logits_weak)
         pseudo = p.argmax(dim=-1)

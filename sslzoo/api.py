@@ -19,7 +19,7 @@ from torch import Tensor, nn
 
 from .algorithm import SSLAlgorithm
 from .callbacks import Callback
-from .config import load_yaml, resolve
+from .config import API_BACKBONE, API_DATASET, load_yaml, resolve
 from .distributed import shutdown
 from .errors import SSLZooError
 from .evaluation import Predictor
@@ -164,7 +164,7 @@ def fit(algorithm: str | SSLAlgorithm | None = None, backbone: nn.Module | str |
     model = None
     if isinstance(backbone, nn.Module):
         model = as_backbone(backbone)
-        user["backbone"] = {"name": f"user:{type(backbone).__qualname__}"}
+        user["backbone"] = {"name": f"{API_BACKBONE}{type(backbone).__qualname__}"}
     elif isinstance(backbone, str):
         user["backbone"] = {"name": backbone}
     elif isinstance(backbone, dict):
@@ -177,7 +177,7 @@ def fit(algorithm: str | SSLAlgorithm | None = None, backbone: nn.Module | str |
     if labeled is not None:
         folder = Path(user.get("out") or resolve(layers)["out"]) / "user_data"
         data = user_run_data(labeled, unlabeled, test, val=val, classes=classes, folder=folder)
-        user.update(dataset="user", labels=len(data.labeled), image_size=data.bundle.image_size)
+        user.update(dataset=API_DATASET, labels=len(data.labeled), image_size=data.bundle.image_size)
     elif any(v is not None for v in (unlabeled, test, val)):
         raise SSLZooError("fit(): give labeled=(images, labels) together with unlabeled/test/val, or none of "
                           "them (to train on a registered data set, e.g. dataset='synthfer').")

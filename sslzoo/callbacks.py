@@ -14,11 +14,11 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
+from .config import LOGGERS
 from .errors import SSLZooError
 
 Trainer = Any   # the trainer hands itself in (not imported: callbacks sit below the trainer)
 
-LOGGERS = ("tensorboard", "csv", "wandb")
 
 
 class Callback:

@@ -40,7 +40,9 @@ import yaml
 
 from .data.labels import FER7
 from .data.splits import LABELS_ALL
+from .data.splits import SPLITS
 from .errors import SSLZooError
+from .optim import OPTIMIZERS, SCHEDULES
 from .registry import ALGORITHMS, BACKBONES, DATASETS, POLICIES, Registry
 
 DEFAULTS: dict[str, Any] = {
@@ -115,10 +117,7 @@ def safe_load(text: str) -> Any:
 
 def builtin_config_dir() -> Path:
     """The packaged ``configs/`` folder (installed as the ``sslzoo.configs`` package data)."""
-    try:
-        return Path(str(resources.files("sslzoo.configs")))
-    except ModuleNotFoundError:
-        return Path(__file__).resolve().parent.parent / "configs"
+    return Path(str(resources.files("sslzoo.configs")))
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
@@ -172,13 +171,9 @@ def deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
 
 # ----------------------------------------------------------------------------- the schema
 
-# The words the components accept. The components do not export them yet: optim.py and data/splits.py
-# should define theirs and this module import them; callbacks.py should import LOGGERS from here (it
-# imports this module, so importing it back would be a cycle, tests/test_layers.py).
-OPTIMIZERS = ("adam", "adamw", "sgd")                  # sslzoo/optim.py build_optimizer
-SCHEDULES = ("constant", "cosine")                     # sslzoo/optim.py build_schedule
-SPLITS = ("balanced", "stratified", "adacm_rafdb")     # sslzoo/data/splits.py per_class_counts
-LOGGERS = ("tensorboard", "csv", "wandb")              # sslzoo/callbacks.py default_callbacks
+# The words the components accept come from the components; the loggers are named here (callbacks.py
+# builds them and imports this list: it sits above this module).
+LOGGERS = ("tensorboard", "csv", "wandb")
 SWITCH_WORDS: dict[str, bool | None] = {"auto": None, "true": True, "on": True, "yes": True, "1": True,
                                         "false": False, "off": False, "no": False, "0": False, "none": False}
 API_DATASET, API_BACKBONE = "user", "user:"   # names sslzoo.fit gives the user's own data and network
@@ -575,6 +570,9 @@ def validate(cfg: dict[str, Any]) -> None:
     only the component can judge fails now, before any run folder or data, and not mid-run."""
     import torch
     from .factory import build_algorithm
+    if cfg["labels"] == "all" and cfg["split"] == "adacm_rafdb":
+        raise SSLZooError("--split adacm_rafdb (the official Ada-CM label counts) does not apply to --labels all; "
+                          "use --split balanced (the default) or stratified, which both take every image.")
     with torch.random.fork_rng(devices=[]):   # checking a config must not move anyone's random stream
         _check_optimization(cfg)
         build_algorithm(cfg, _num_classes(cfg))

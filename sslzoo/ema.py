@@ -1,8 +1,9 @@
 """Exponential moving average of the model, used for evaluation and Ada-CM's margin.
 
 With ``warmup`` the decay is min(decay, (1 + k) / (10 + k)) at update k, so short
-CPU-scale runs are not evaluated on a barely-moved copy of the random init
-(a common EMA warm-up, e.g. timm's and TensorFlow's).
+CPU-scale runs are not evaluated on a barely-moved copy of the random init (TensorFlow's
+``ExponentialMovingAverage(num_updates=k)`` rule; timm's ModelEmaV3 warms up with another
+formula, the official Ada-CM code not at all: ``ema.warmup=false``).
 
 Buffers (batch-norm running statistics), config key ``ema.buffers``:
   * ``copy`` (default): the EMA model takes the training model's buffers as they are,

@@ -71,11 +71,18 @@ class EpochMeter:
         self._first_bad = torch.full((2,), -1, dtype=torch.long, device=like.device)
 
     # -- per logging interval: one host read --------------------------------------------
-    def read(self) -> Divergence | None:
-        """Move the device sums to the host means (one transfer); the first divergence, if any."""
+    def read(self, dist: Any = None) -> Divergence | None:
+        """Move the device sums to the host means (one transfer); the first divergence, if any.
+
+        ``dist`` (a DistContext): sum the sums and counts over the ranks first (one all-reduce), so
+        the logged means are over the global batch; every rank must then read at the same step.
+        """
         if self._sum is None:
             return None
-        packed = torch.cat([self._sum, self._count, self._first_bad.double()]).cpu().tolist()
+        totals = torch.cat([self._sum, self._count])
+        if dist is not None and dist.enabled:
+            totals = dist.all_reduce(totals.to(dist.device)).to(totals.device)
+        packed = torch.cat([totals, self._first_bad.double()]).cpu().tolist()
         k = len(self._names)
         for name, total, count in zip(self._names, packed[:k], packed[k:2 * k]):
             if count:

@@ -20,6 +20,9 @@ from torch.nn.parameter import is_lazy
 
 from .errors import SSLZooError
 
+OPTIMIZERS = ("adam", "adamw", "sgd")
+SCHEDULES = ("constant", "cosine")
+
 NamedParams = Iterable[nn.Parameter | tuple[str, nn.Parameter]]
 
 
@@ -55,7 +58,7 @@ def build_optimizer(params: NamedParams, cfg: dict[str, Any]) -> torch.optim.Opt
         return torch.optim.AdamW(groups, lr=cfg["lr"])
     if name == "sgd":    # the SSL literature's usual choice (FixMatch: momentum 0.9, Nesterov)
         return torch.optim.SGD(groups, lr=cfg["lr"], momentum=cfg["momentum"], nesterov=cfg["nesterov"])
-    raise SSLZooError(f"optim.name must be adam, adamw or sgd; got '{cfg['name']}'.")
+    raise SSLZooError(f"optim.name must be one of {', '.join(OPTIMIZERS)}; got '{cfg['name']}'.")
 
 
 def clip_norm(cfg: dict[str, Any]) -> float | None:
@@ -92,7 +95,7 @@ def build_schedule(optimizer: torch.optim.Optimizer, cfg: dict[str, Any], total_
             return 1.0
         if name == "cosine":   # FixMatch: lr * cos(7 pi k / (16 K))
             return math.cos(7 * math.pi * (step - warmup) / (16 * max(1, total_steps - warmup)))
-        raise SSLZooError(f"schedule.name must be constant or cosine; got '{cfg['name']}'.")
+        raise SSLZooError(f"schedule.name must be one of {', '.join(SCHEDULES)}; got '{cfg['name']}'.")
 
     factor(0)
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)

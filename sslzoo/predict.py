@@ -25,7 +25,7 @@ from torch import Tensor
 
 from .data.base import ImageSet
 from .data.cache import decode_images
-from .data.user import _to_hwc_uint8
+from .data.user import to_hwc_uint8
 from .errors import SSLZooError
 from .io import atomic_write, write_json
 
@@ -192,7 +192,7 @@ def _files_under(folder: Path) -> list[Path]:
 def in_memory(image: Any, size: int, where: str) -> Source:
     """An in-memory image: pixels as they are when already at the run's size (what its cache holds),
     else PNG-encoded (lossless) so the files' decoder resizes it."""
-    pixels = _to_hwc_uint8(image, where)
+    pixels = to_hwc_uint8(image, where)
     if pixels.shape[:2] == (size, size):
         return np.ascontiguousarray(pixels)
     from PIL import Image

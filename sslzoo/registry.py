@@ -111,11 +111,7 @@ def load_builtins() -> None:
         return
     _loaded = True
     for module in _BUILTIN_MODULES:
-        try:
-            importlib.import_module(module)
-        except ModuleNotFoundError as exc:  # a sub-package not present in this build
-            if exc.name != module:
-                raise
+        importlib.import_module(module)
     for entry in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
         try:
             entry.load()

@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from . import checkpoint
 from .callbacks import BEST_FILES
-from .config import load_yaml, parse_switch
+from .config import API_BACKBONE, load_yaml, parse_switch
 from .data.base import ImageSet
 from .data.pipeline import augment_config
 from .data.prepare import RunData, prepare
@@ -107,7 +107,7 @@ def load_run(path: str | Path, device: str | None = "auto", overrides: dict[str,
     if model is not None:
         from .models.wrap import as_backbone
         model = as_backbone(model)
-    elif str(cfg["backbone"].get("name", "")).startswith("user"):
+    elif str(cfg["backbone"].get("name", "")).startswith(API_BACKBONE):
         raise SSLZooError(f"'{path}' was trained with your own network; pass it: "
                           f"sslzoo.load_run(path, model=MyNet()).")
     else:   # the weights come from the checkpoint: never build (or require) the backbone's initial ones

@@ -391,7 +391,7 @@ class Trainer:
 
     def _read(self, meter: EpochMeter, step: int) -> None:
         """Read the device sums (logging interval): stop as diverged if a loss went non-finite."""
-        bad = meter.read()
+        bad = meter.read(self.dist)
         if self.dist.enabled:   # every rank stops together, at the earliest bad step of any rank
             flag = torch.tensor([float("inf") if bad is None else bad.step], device=self.dist.device)
             earliest = self.dist.all_reduce(flag, op="min").item()
@@ -502,8 +502,13 @@ class Trainer:
             raise SSLZooError(f"The checkpoint in '{self.out}' was made with {ckpt.get('world_size', 1)} "
                               f"process(es) and this run has {self.dist.world_size}; the data each step sees "
                               f"depends on it, so resume with --nproc {ckpt.get('world_size', 1)}.")
-        checkpoint.restore_training_state(ckpt, model=self.model, ema=self.ema, optimizer=self.optimizer,
-                                          scheduler=self.scheduler, scaler=self.scaler, algorithm=self.algorithm)
+        try:
+            checkpoint.restore_training_state(ckpt, model=self.model, ema=self.ema, optimizer=self.optimizer,
+                                              scheduler=self.scheduler, scaler=self.scaler, algorithm=self.algorithm)
+        except (ValueError, RuntimeError, KeyError) as exc:   # e.g. a checkpoint of another sslzoo version
+            raise SSLZooError(f"The checkpoint in '{self.out}' does not fit this run's model or optimizer "
+                              f"({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); it was probably written by "
+                              f"another sslzoo version. Start the run afresh with --overwrite.") from None
         self.history = list(ckpt["history"])
         return int(ckpt["step"]), EpochMeter(ckpt["meter"])
 

@@ -134,7 +134,7 @@ def test_the_optimizer_and_the_schedule_are_built_while_resolving():
     # a schedule's factor can fail only past the warm-up: it is evaluated at a middle and the last step
     cfg = resolve([parse_set(["schedule.warmup_steps=5"])])
     cfg["schedule"]["name"] = "bogus"
-    with pytest.raises(SSLZooError, match="schedule.name must be constant or cosine; got 'bogus'"):
+    with pytest.raises(SSLZooError, match="schedule.name must be one of constant, cosine; got .bogus."):
         validate(cfg)
 
 

@@ -10,7 +10,7 @@ import torch
 
 from conftest import tiny_config
 from sslzoo.meter import EpochMeter
-from sslzoo.trainer import Trainer, train
+from sslzoo.trainer import Trainer
 
 
 def test_bf16_autocast_and_channels_last_train_end_to_end(tmp_path):

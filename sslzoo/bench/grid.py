@@ -223,13 +223,8 @@ def grid_suite(algos: Sequence[str], datasets: Sequence[str], labels: Sequence[i
 def builtin_suite_dirs() -> list[Path]:
     """Where ``--suite NAME`` is looked up: the repository's benchmarks/ and the packaged configs/."""
     from ..config import builtin_config_dir
-    dirs = []
-    try:
-        from importlib import resources
-        dirs.append(Path(str(resources.files("sslzoo.benchmarks"))))
-    except ModuleNotFoundError:
-        pass
-    dirs.append(Path(__file__).resolve().parents[2] / "benchmarks")
+    from importlib import resources
+    dirs = [Path(str(resources.files("sslzoo.benchmarks"))), Path(__file__).resolve().parents[2] / "benchmarks"]
     dirs.append(builtin_config_dir())
     return [d for i, d in enumerate(dirs) if d.is_dir() and d not in dirs[:i]]
 

@@ -48,7 +48,8 @@ from typing import Any, Callable, Sequence
 from ..io import FileLock
 
 DONE, RESUME, FRESH = "done", "resume", "fresh"
-RUN_FILES = ("metrics.json", "checkpoint.pt", "result.json", "config.yaml", "split.json")
+RUN_FILES = ("metrics.json", "checkpoint.pt", "best_val.pt", "best_test.pt", "result.json", "config.yaml",
+             "split.json")
 CELL_CONFIG = "cell.yaml"
 LOG = "log.txt"
 PARENT_ENV = "SSLZOO_BENCH_PARENT"
@@ -168,6 +169,8 @@ def _child_main(argv: list[str]) -> int:
     except SSLZooError as exc:
         print(f"sslzoo train: error: {exc}", file=sys.stderr, flush=True)
         return 2
+    for stale in run_dir.glob(".*.tmp"):   # an atomic write cut short by a SIGKILL; under the lock nobody writes
+        stale.unlink(missing_ok=True)
     state, _ = inspect_run(run_dir, args.hash, args.retry_failed)
     if state == DONE:
         print(f"=== {run_dir} was completed by another process", flush=True)

@@ -14,6 +14,7 @@ from ..errors import SSLZooError
 # The official Ada-CM RAF-DB split: labels for (fear, each other class) at each total.
 ADACM_RAFDB_SPLIT = {100: (10, 15), 400: (40, 60), 1000: (100, 150), 2000: (200, 300), 4000: (250, 625)}
 FEAR = 1  # canonical id of fear
+SPLITS = ("balanced", "stratified", "adacm_rafdb")   # labeled-subset protocols
 # ``labels: all``: every training image with a known label is labeled (the paper's "Fully Supervised" row)
 LABELS_ALL = "all"
 
@@ -64,8 +65,7 @@ def per_class_counts(labels: np.ndarray, n_labels: int | str, num_classes: int, 
         want = np.full(num_classes, other, dtype=np.int64)
         want[FEAR] = fear
     else:
-        raise SSLZooError(f"Unknown split protocol '{protocol}'; expected one of "
-                          f"balanced, stratified, adacm_rafdb.")
+        raise SSLZooError(f"Unknown split protocol '{protocol}'; expected one of {', '.join(SPLITS)}.")
     return want
 
 

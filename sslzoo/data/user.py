@@ -20,7 +20,7 @@ from .prepare import RunData
 from .splits import Split
 
 
-def _to_hwc_uint8(img: Any, where: str) -> np.ndarray:
+def to_hwc_uint8(img: Any, where: str) -> np.ndarray:
     """One image as uint8 [H, W, 3]."""
     if hasattr(img, "convert") and hasattr(img, "size"):            # a PIL image
         return np.asarray(img.convert("RGB"), dtype=np.uint8)
@@ -77,7 +77,7 @@ def _from_dataset(ds: Any, where: str, labeled: bool, folder: Path | None) -> tu
         if labeled and not (isinstance(item, (tuple, list)) and len(item) >= 2):
             raise SSLZooError(f"{where}: a labeled Dataset must yield (image, label); item {i} is {type(item).__name__}.")
         img = item[0] if isinstance(item, (tuple, list)) else item
-        arr = _to_hwc_uint8(img, f"{where}[{i}]")
+        arr = to_hwc_uint8(img, f"{where}[{i}]")
         if images is None:
             shape = (n, *arr.shape)
             if folder is not None:
@@ -128,8 +128,12 @@ def user_run_data(labeled: Any, unlabeled: Any, test: Any, *, val: Any = None,
              if s is not None and len(s)}
     if len(set(sizes.values())) > 1:
         raise SSLZooError(f"labeled, unlabeled, test and val images must share one size; got {sizes}.")
-    if lab.images.shape[1] != lab.images.shape[2]:
+    side = lab.images.shape[1]
+    if side != lab.images.shape[2]:
         raise SSLZooError(f"images must be square (the augmentations assume it); got {lab.images.shape[1:3]}.")
+    if not 8 <= side <= 1024:
+        raise SSLZooError(f"images are {side}x{side} px; sslzoo trains on square images of 8 to 1024 px. "
+                          f"Resize them first.")
     n_classes = int(max(lab.labels.max(initial=-1), tst.labels.max(initial=-1)) + 1)
     if classes is None:
         classes = tuple(str(c) for c in range(n_classes))

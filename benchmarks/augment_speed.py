@@ -131,8 +131,8 @@ def measure_augment(opts: AugmentBenchOptions | None = None, device: str = "cpu"
         def tensor_step(views: Views, dev: torch.device) -> None:
             gen = torch.Generator().manual_seed(step[0])
             step[0] += 1
-            xl = torch.from_numpy(labeled).permute(0, 3, 1, 2).to(dev)
-            xu = torch.from_numpy(unlabeled).permute(0, 3, 1, 2).to(dev)
+            xl = torch.from_numpy(labeled).permute(0, 3, 1, 2).contiguous().to(dev)   # as the loader lays rows out
+            xu = torch.from_numpy(unlabeled).permute(0, 3, 1, 2).contiguous().to(dev)
             normalize_batch(views.batch("weak", xl, gen), dev)
             for name in opts.unlabeled_views:
                 normalize_batch(views.batch(name, xu, gen), dev)

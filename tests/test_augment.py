@@ -201,9 +201,9 @@ def test_bad_settings_are_user_errors():
 
 def test_nothing_reads_device_values_while_applying(monkeypatch):
     """The grouping comes from the host: applying a view on a GPU makes no .item()/.tolist() call.
-    (On the CPU the weak crop slices per image from the CPU parameters; its GPU twin, checked
-    here, is the one gather, equal to it by test_the_crop_has_the_same_result_on_every_path.)"""
-    monkeypatch.setattr(A, "crop_flip", A._crop_flip_gather)
+    (On the CPU the crop, RandAugment and Cutout read their CPU parameters per image; their GPU
+    twins, checked here, are equal to them by the *_same_result_on_every_path tests.)"""
+    monkeypatch.setattr(A, "CPU_ROUTES", False)       # the GPU routes, here on the CPU
     x = images(8, 16, seed=8)
     views = Views(16, AugmentConfig(randaugment_n=3))
     params = views.sample("strong", 8, torch.Generator().manual_seed(0))
@@ -213,3 +213,34 @@ def test_nothing_reads_device_values_while_applying(monkeypatch):
         monkeypatch.setattr(torch.Tensor, name, lambda *a, _n=name, _r=real, **k: (calls.append(_n), _r(*a, **k))[1])
     views.apply("strong", x, params)
     assert calls == []
+
+
+def test_randaugment_has_the_same_result_on_every_path():
+    """The CPU path (each image through its own operations) and the GPU path (each operation once
+    on all images that drew it, per slot) are twins."""
+    x = images(14, 20, seed=10)
+    p = A.sample_randaugment(14, 3, torch.Generator().manual_seed(2))
+    assert torch.equal(A._randaugment_per_image(x, p), A._randaugment_grouped(x, p))
+
+
+def test_cutout_has_the_same_result_on_every_path():
+    x = images(9, 20, seed=11)
+    boxes = A.sample_cutout(9, 20, torch.Generator().manual_seed(3))
+    assert torch.equal(A._fill_boxes_slices(x, boxes, A.CUTOUT_FILL), A._fill_boxes_masked(x, boxes, A.CUTOUT_FILL))
+
+
+@pytest.mark.parametrize("randaugment_first", [False, True])
+def test_every_view_has_the_same_result_on_both_routes(randaugment_first, monkeypatch):
+    """The CPU routes (slices, one image at a time) and the GPU routes (one batched kernel per
+    step), both run here on the CPU, give the same pixels for whole strong views."""
+    x = images(24, 20, seed=12)
+    views = Views(20, AugmentConfig(randaugment_n=3, randaugment_first=randaugment_first, crop_prob=0.7,
+                                    crop_padding_mode="zeros" if randaugment_first else "reflect"))
+    params = views.sample("strong", 24, torch.Generator().manual_seed(5))
+    cpu = views.apply("strong", x, params)
+    monkeypatch.setattr(A, "CPU_ROUTES", False)
+    assert torch.equal(cpu, views.apply("strong", x, params))
+    v = torch.linspace(-0.3, 0.3, 24, dtype=torch.float64)
+    batched = [A.translate_x(x, v), A.translate_y(x, v)]
+    monkeypatch.setattr(A, "CPU_ROUTES", True)
+    assert torch.equal(batched[0], A.translate_x(x, v)) and torch.equal(batched[1], A.translate_y(x, v))

@@ -81,8 +81,9 @@ class Views:
 
 
 def gather_images(images: Rows, index: Any) -> Tensor:
-    """uint8 [N, 3, H, W] (a channels-first view of the HWC rows) of ``images[index]``, read from disk."""
-    return torch.from_numpy(images.take(index)).permute(0, 3, 1, 2)
+    """uint8 [N, 3, H, W] of ``images[index]``, read from disk and laid out channels first once
+    (every view of the batch is then made from contiguous planes)."""
+    return torch.from_numpy(images.take(index)).permute(0, 3, 1, 2).contiguous()
 
 
 class ImageRows:
@@ -100,7 +101,7 @@ class ImageRows:
             index = range(len(self))[index]
         elif isinstance(index, Tensor):
             index = index.cpu().numpy()
-        return gather_images(self.rows, index).contiguous()
+        return gather_images(self.rows, index)
 
 
 _STATS: dict[str, tuple[Tensor, Tensor]] = {}

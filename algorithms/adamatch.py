@@ -55,7 +55,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -136,6 +135,7 @@ class AdaMatch(FixMatch):
     unlabeled_views = ("weak", "strong")
     default_policy = "relative:0.95"
     uses_policy = True
+    state_parts = ("da",)
 
     def __init__(self, num_classes: int, policy=None, lambda_u: float = 1.0, temperature: float = 1.0,
                  unsup_norm: str = "batch", use_hard_label: bool = True, dist_align: bool = True,
@@ -155,18 +155,6 @@ class AdaMatch(FixMatch):
         self.da = EMAAlignment(num_classes, da_momentum)
 
     # -- hooks ------------------------------------------------------------------------
-    def setup(self, num_unlabeled: int, device: torch.device, num_labeled: int = 0) -> None:
-        super().setup(num_unlabeled, device, num_labeled)
-        self.da.to(device)
-
-    def state_dict(self) -> dict[str, Any]:
-        return {**super().state_dict(), "da": self.da.state_dict()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        super().load_state_dict(state)
-        if "da" in state:
-            self.da.load_state_dict(state["da"])
-
     # -- the step -----------------------------------------------------------------------
     def unsup_weight(self, ctx: StepContext) -> float:
         """lambda_u * r(t) (a Python number from the step counters: no host read)."""

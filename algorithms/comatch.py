@@ -61,7 +61,7 @@ from sslzoo.errors import SSLZooError
 from sslzoo.registry import register_algorithm
 
 from .remixmatch import DistributionAlignment
-from .simmatch import full_precision, project, projection_head
+from .simmatch import ProjectionHeadMixin, full_precision, project
 
 
 class MemoryQueue:
@@ -130,13 +130,14 @@ def one_hot(labels: Tensor, num_classes: int) -> Tensor:
 
 
 @register_algorithm("comatch")
-class CoMatch(SSLAlgorithm):
+class CoMatch(ProjectionHeadMixin, SSLAlgorithm):
     """CoMatch: pseudo-labels smoothed by a memory of embeddings; a pseudo-label graph shapes the embeddings."""
 
     name = "comatch"
     unlabeled_views = ("weak", "strong", "strong")
     default_policy = "fixed:0.95"
     uses_policy = True
+    state_parts = ("da",)
 
     def __init__(self, num_classes: int, policy=None, lambda_u: float = 1.0, lambda_c: float = 1.0,
                  temperature: float = 0.2, proj_dim: int = 64, smoothing_alpha: float = 0.9,
@@ -169,35 +170,20 @@ class CoMatch(SSLAlgorithm):
         self.queue: MemoryQueue | None = None   # sized at the first step from the batch shapes
 
     # -- hooks --------------------------------------------------------------------------
-    def bind_backbone(self, feature_dim: int | None) -> None:
-        if feature_dim is None:
-            raise SSLZooError("CoMatch's projection head is sized by the backbone's feature width, but this "
-                              "backbone has no 'feature_dim' attribute; give it one (every built-in backbone has).")
-        self._modules_dict["proj"] = projection_head(int(feature_dim), self.proj_dim)
-
-    def extra_modules(self) -> nn.ModuleDict:
-        return self._modules_dict
-
     def setup(self, num_unlabeled: int, device: torch.device, num_labeled: int = 0) -> None:
         super().setup(num_unlabeled, device, num_labeled)
         self.device = torch.device(device)
-        if self.da is not None:
-            self.da.to(self.device)
 
     def state_dict(self) -> dict[str, Any]:
         state = super().state_dict()
         if self.queue is not None:
             state["queue"] = self.queue.state_dict()
-        if self.da is not None:
-            state["da"] = self.da.state_dict()
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         super().load_state_dict(state)
         if state.get("queue"):
             self.queue = MemoryQueue.from_state(state["queue"], self.device)
-        if self.da is not None and "da" in state:
-            self.da.load_state_dict(state["da"])
 
     # -- the step -----------------------------------------------------------------------
     def _head(self) -> nn.Module:

@@ -46,7 +46,6 @@ Choices, and what they follow:
 """
 from __future__ import annotations
 
-from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -154,6 +153,7 @@ class ReMixMatch(SSLAlgorithm):
     unlabeled_views = ("weak", "strong", "strong")   # weak anchor + K strong views (K=2 by default)
     default_policy = None
     uses_policy = False
+    state_parts = ("da",)
 
     def __init__(self, num_classes: int, policy=None, lambda_u: float = 1.5, lambda_u1: float = 0.5,
                  lambda_rot: float = 0.5, T: float = 0.5, K: int = 2, mixup_alpha: float = 0.75,
@@ -192,22 +192,10 @@ class ReMixMatch(SSLAlgorithm):
     def extra_modules(self) -> nn.ModuleDict:
         return self._modules_dict
 
-    def setup(self, num_unlabeled: int, device: torch.device, num_labeled: int = 0) -> None:
-        super().setup(num_unlabeled, device, num_labeled)
-        self.da.to(device)
-
     def on_epoch_start(self, ctx: EpochContext) -> None:
         """Read p(y) from the labeled set once (USB's 'gt' target); it is then part of the state."""
         if self.da_target == "labeled" and not bool(self.da.target_set) and ctx.labeled_targets is not None:
             self.da.set_target(ctx.labeled_targets)
-
-    def state_dict(self) -> dict[str, Any]:
-        return {**super().state_dict(), "da": self.da.state_dict()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        super().load_state_dict(state)
-        if "da" in state:
-            self.da.load_state_dict(state["da"])
 
     # -- the step -----------------------------------------------------------------------
     def unsup_ramp(self, ctx: StepContext) -> float:

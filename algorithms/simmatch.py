@@ -89,6 +89,25 @@ def project(head: nn.Module, feats: Tensor) -> Tensor:
     return F.normalize(head(feats.to(weight.dtype)).float(), dim=1)
 
 
+class ProjectionHeadMixin:
+    """The hooks of an algorithm with one trainable projection MLP (SimMatch, CoMatch): it is sized by
+    the backbone's feature width (``bind_backbone``) and saved and trained with the model
+    (``extra_modules``). Expects ``self.proj_dim`` and ``self._modules_dict`` (an ``nn.ModuleDict``)."""
+
+    proj_dim: int
+    _modules_dict: nn.ModuleDict
+
+    def bind_backbone(self, feature_dim: int | None) -> None:
+        if feature_dim is None:
+            raise SSLZooError(f"{type(self).__name__}'s projection head is sized by the backbone's feature width, "
+                              "but this backbone has no 'feature_dim' attribute; give it one (every built-in "
+                              "backbone has).")
+        self._modules_dict["proj"] = projection_head(int(feature_dim), self.proj_dim)
+
+    def extra_modules(self) -> nn.ModuleDict:
+        return self._modules_dict
+
+
 def full_precision(device: torch.device):
     """Autocast off: similarity softmaxes with temperatures 0.1-0.2 are computed in float32."""
     return torch.autocast(device_type=device.type, enabled=False)
@@ -166,13 +185,14 @@ def update_bank(bank: Tensor, bank_labels: Tensor, z: Tensor, labels: Tensor, in
 
 
 @register_algorithm("simmatch")
-class SimMatch(SSLAlgorithm):
+class SimMatch(ProjectionHeadMixin, SSLAlgorithm):
     """SimMatch: a labeled memory bank; semantic and instance pseudo-labels propagated into each other."""
 
     name = "simmatch"
     unlabeled_views = ("weak", "strong")
     default_policy = "fixed:0.95"
     uses_policy = True
+    state_parts = ("da",)
 
     def __init__(self, num_classes: int, policy=None, lambda_u: float = 1.0, lambda_in: float = 1.0,
                  temperature: float = 0.1, proj_dim: int = 128, smoothing_alpha: float = 0.9,
@@ -213,15 +233,6 @@ class SimMatch(SSLAlgorithm):
         self._bank_synced = False                                # rank 0's initial bank broadcast (DDP)
 
     # -- hooks --------------------------------------------------------------------------
-    def bind_backbone(self, feature_dim: int | None) -> None:
-        if feature_dim is None:
-            raise SSLZooError("SimMatch's projection head is sized by the backbone's feature width, but this "
-                              "backbone has no 'feature_dim' attribute; give it one (every built-in backbone has).")
-        self._modules_dict["proj"] = projection_head(int(feature_dim), self.proj_dim)
-
-    def extra_modules(self) -> nn.ModuleDict:
-        return self._modules_dict
-
     def setup(self, num_unlabeled: int, device: torch.device, num_labeled: int = 0) -> None:
         super().setup(num_unlabeled, device, num_labeled)
         if num_labeled < 1:
@@ -232,8 +243,6 @@ class SimMatch(SSLAlgorithm):
         self.bank = bank.to(self.device)
         self.bank_labels = torch.zeros(num_labeled, dtype=torch.long, device=self.device)
         self.labels_read = self.labels_read.to(self.device)
-        if self.da is not None:
-            self.da.to(self.device)
 
     def on_epoch_start(self, ctx: EpochContext) -> None:
         super().on_epoch_start(ctx)
@@ -247,8 +256,6 @@ class SimMatch(SSLAlgorithm):
         state = {**super().state_dict(), "labels_read": self.labels_read}
         if self.bank is not None:
             state.update(bank=self.bank, bank_labels=self.bank_labels)
-        if self.da is not None:
-            state["da"] = self.da.state_dict()
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -256,8 +263,6 @@ class SimMatch(SSLAlgorithm):
         for key in ("bank", "bank_labels", "labels_read"):
             if key in state:
                 setattr(self, key, state[key].to(self.device).clone())
-        if self.da is not None and "da" in state:
-            self.da.load_state_dict(state["da"])
 
     # -- the step -----------------------------------------------------------------------
     def _head(self) -> nn.Module:

@@ -42,7 +42,9 @@ class AugmentBenchOptions:
     repeats: int = 5                                                 # timed steps per method (median)
 
 
-def _pil_ops() -> dict[str, Callable]:
+def pil_ops() -> dict[str, Callable]:
+    """Each RandAugment operation as USB's randaugment.py calls PIL (the peer's method; also the
+    pixel reference of tests/test_augment.py)."""
     from PIL import Image, ImageEnhance, ImageOps
     return {
         "AutoContrast": lambda img, v: ImageOps.autocontrast(img),
@@ -68,7 +70,7 @@ def pil_pipeline(opts: AugmentBenchOptions) -> Callable[[np.ndarray, str], torch
     from torchvision import transforms
     size = opts.image_size
     pad = int(round(opts.crop_padding * size))
-    ops = _pil_ops()
+    ops = pil_ops()
     pool = [(ops[name], lo, hi) for name, lo, hi in RANDAUGMENT_OPS]
     crop_flip = transforms.Compose([transforms.RandomCrop(size, padding=pad, padding_mode="reflect"),
                                     transforms.RandomHorizontalFlip()])

@@ -79,6 +79,9 @@ class SSLAlgorithm:
     unlabeled_views: ClassVar[tuple[str, ...]] = ()
     default_policy: ClassVar[str | None] = None   # None: the algorithm takes no policy
     uses_policy: ClassVar[bool] = False
+    # attributes holding state of their own (``to`` / ``state_dict`` / ``load_state_dict``, e.g. a
+    # distribution alignment): moved to the device in ``setup`` and saved under their name; None is skipped
+    state_parts: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, num_classes: int, policy: ThresholdPolicy | None = None):
         self.num_classes = num_classes
@@ -108,15 +111,24 @@ class SSLAlgorithm:
         if self.policy is not None:
             self.policy.setup(self.num_classes, num_unlabeled)
             self.policy.to(device)
+        for part in self._state_parts().values():
+            part.to(device)
 
     def state_dict(self) -> dict[str, Any]:
         return {"policy": self.policy.state_dict() if self.policy is not None else {},
-                "modules": self.extra_modules().state_dict()}
+                "modules": self.extra_modules().state_dict(),
+                **{name: part.state_dict() for name, part in self._state_parts().items()}}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if self.policy is not None:
             self.policy.load_state_dict(state.get("policy", {}))
         self.extra_modules().load_state_dict(state.get("modules", {}))
+        for name, part in self._state_parts().items():
+            if name in state:
+                part.load_state_dict(state[name])
+
+    def _state_parts(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in self.state_parts if getattr(self, name, None) is not None}
 
     @classmethod
     def hyperparameters(cls) -> dict[str, Any]:

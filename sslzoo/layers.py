@@ -27,7 +27,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
                   "sslzoo.meter", "sslzoo.callbacks", "sslzoo.run_record", "sslzoo.trainer")),
     ("api", ("sslzoo.api", "sslzoo.runs", "sslzoo.predict", "sslzoo.flags")),  # what a Python user calls
     ("bench", ("sslzoo.bench",)),                            # grids of runs, tables, plots
-    ("benchmarks", ("sslzoo.benchmarks",)),                  # the throughput benchmark
+    ("benchmarks", ("sslzoo.benchmarks",)),                  # throughput, augmentation, memory, GPU check
     ("cli", ("sslzoo.cli", "sslzoo.__main__", "sslzoo")),    # the command line; "sslzoo" is the package facade
 )
 

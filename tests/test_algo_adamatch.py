@@ -3,24 +3,28 @@ logit interpolation, swapping policies, and 1-epoch runs (reproducible, exactly 
 from __future__ import annotations
 
 import contextlib
-import json
 import math
-from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
+from sslzoo.algorithms.adamatch import (
+    AdaMatch,
+    EMAAlignment,
+    cosine_warmup,
+    interpolate_logits,
+)
+from sslzoo.algorithms.fixmatch import FixMatch
 
 from sslzoo import checkpoint
 from sslzoo.algorithm import Batch, ForwardOutput, PolicyInput, StepContext
-from sslzoo.algorithms.adamatch import AdaMatch, EMAAlignment, cosine_warmup, interpolate_logits
-from sslzoo.algorithms.fixmatch import FixMatch
 from sslzoo.distributed import DistContext
 from sslzoo.errors import SSLZooError
 from sslzoo.policies import build_policy
 from sslzoo.policies.relative import RelativeThreshold
 from sslzoo.policy import ThresholdPolicy
 from sslzoo.trainer import train
+from tests.algo_testkit import run_metrics
 from tests.conftest import TinyNet
 
 CTX = StepContext(epoch=0, iteration=0, step=0, total_steps=10, iters_per_epoch=10, num_classes=2)
@@ -287,9 +291,6 @@ def test_state_dict_round_trip_and_validation():
 
 
 # -- training runs --------------------------------------------------------------------------
-def _metrics(cfg) -> dict:
-    return json.loads((Path(cfg["out"]) / "metrics.json").read_text())
-
 
 def test_one_epoch_smoke_is_finite_and_reproducible(tiny, tmp_path):
     runs = []
@@ -297,7 +298,7 @@ def test_one_epoch_smoke_is_finite_and_reproducible(tiny, tmp_path):
         cfg = tiny(tmp_path / name, algo="adamatch")
         result = train(cfg)
         assert result["status"] == "finished" and result["policy"] == "relative:0.95"
-        runs.append(_metrics(cfg))
+        runs.append(run_metrics(cfg))
     entry = runs[0]["history"][0]
     assert set(entry["losses"]) == {"total", "sup", "unsup"}
     assert all(math.isfinite(v) for v in entry["losses"].values())

@@ -16,15 +16,22 @@ import pytest
 import torch
 import torch.nn.functional as F
 import yaml
+from sslzoo.algorithms.comatch import (
+    CoMatch,
+    MemoryQueue,
+    graph_contrastive_loss,
+    memory_smoothed,
+    one_hot,
+    pseudo_label_graph,
+)
+from sslzoo.algorithms.simmatch import project
 
 from sslzoo import checkpoint
 from sslzoo.algorithm import Batch, StepContext, forward
-from sslzoo.algorithms.comatch import (CoMatch, MemoryQueue, graph_contrastive_loss, memory_smoothed, one_hot,
-                                       pseudo_label_graph)
-from sslzoo.algorithms.simmatch import project
 from sslzoo.errors import SSLZooError
 from sslzoo.policies import build_policy
 from sslzoo.trainer import build_algorithm, train
+from tests.algo_testkit import RecordingPolicy, forbid_host_reads
 from tests.conftest import TINY, TinyNet
 
 REPO = Path(__file__).resolve().parent.parent
@@ -115,36 +122,9 @@ def _batch(seed=1, n=4):
                  torch.tensor([0, 1, 2, -1]), l_index=torch.arange(n))
 
 
-class Recording:
-    """A policy that trusts everything and records what it was shown."""
-
-    def __init__(self):
-        self.inner = build_policy("all")
-        self.seen = []
-
-    def __call__(self, inp, c):
-        self.seen.append(inp.probs.clone())
-        return self.inner(inp, c)
-
-    def on_epoch_start(self, c):
-        pass
-
-    def setup(self, classes, pool):
-        pass
-
-    def to(self, device):
-        return self
-
-    def state_dict(self):
-        return {}
-
-    def load_state_dict(self, state):
-        pass
-
-
 def _algo(policy=None, **kw):
     torch.manual_seed(0)
-    algo = CoMatch(3, policy if policy is not None else Recording(), **kw)
+    algo = CoMatch(3, policy if policy is not None else RecordingPolicy(), **kw)
     algo.bind_backbone(TinyNet().feature_dim)
     algo.setup(10, torch.device("cpu"), num_labeled=6)
     return algo
@@ -235,14 +215,6 @@ def test_state_dict_round_trip():
     assert torch.equal(algo.queue.feats, fresh.queue.feats) and torch.equal(algo.queue.ptr, fresh.queue.ptr)
 
 
-def _forbid_host_reads(monkeypatch):
-    def refuse(*args, **kwargs):
-        raise AssertionError("a device tensor was read on the host inside the step")
-
-    for attr in ("item", "tolist", "__bool__", "__float__", "__int__", "cpu", "numpy", "nonzero"):
-        monkeypatch.setattr(torch.Tensor, attr, refuse)
-
-
 @pytest.mark.parametrize("mode", ["concat", "separate"])
 def test_step_reads_nothing_on_the_host(monkeypatch, mode):
     algo = _algo(build_policy("fixed:0.5"), queue_batch=1)
@@ -250,7 +222,7 @@ def test_step_reads_nothing_on_the_host(monkeypatch, mode):
     c = ctx()
     c.forward_mode = mode
     with monkeypatch.context() as m:
-        _forbid_host_reads(m)
+        forbid_host_reads(m)
         for _ in range(3):                              # queue sized, filled, then smoothing and wrap-around
             res = algo.step(model, batch, c)
             total = sum(res.losses.values())

@@ -10,15 +10,21 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from sslzoo.algorithms.marginmix import (
+    ClassCentroids,
+    MarginMix,
+    centroid_margin_loss,
+    centroid_probs,
+    squared_distances,
+)
+from sslzoo.algorithms.mixmatch import MixMatch, guess_labels, probs_mse, soft_ce
 
 from sslzoo import checkpoint
 from sslzoo.algorithm import Batch, StepContext
-from sslzoo.algorithms.marginmix import (ClassCentroids, MarginMix, centroid_margin_loss, centroid_probs,
-                                         squared_distances)
-from sslzoo.algorithms.mixmatch import MixMatch, guess_labels, probs_mse, soft_ce
 from sslzoo.distributed import DistContext
 from sslzoo.mixup import mix, sample_lambda, sharpen
 from sslzoo.trainer import build_algorithm, train
+from tests.algo_testkit import comparable
 from tests.conftest import TinyNet, tiny_config
 
 OFF = {"centroid_weight": 0.0, "lambda_margin": 0.0}
@@ -290,9 +296,6 @@ def test_the_step_and_the_epoch_hook_read_no_tensor_on_the_host(monkeypatch, mod
 
 
 # -- real runs ---------------------------------------------------------------------------------
-def _comparable(history):
-    return [{k: v for k, v in e.items() if k not in ("time_s", "img_per_s")} for e in history]
-
 
 def test_one_epoch_smoke_is_finite_and_deterministic(tmp_path):
     runs = []
@@ -302,7 +305,7 @@ def test_one_epoch_smoke_is_finite_and_deterministic(tmp_path):
         losses = metrics["history"][-1]["losses"]
         assert {"sup", "unsup", "margin"} <= set(losses) and all(math.isfinite(v) for v in losses.values())
         runs.append(json.loads((tmp_path / name / "run" / "metrics.json").read_text()))
-    assert _comparable(runs[0]["history"]) == _comparable(runs[1]["history"])
+    assert comparable(runs[0]["history"]) == comparable(runs[1]["history"])
     assert runs[0]["final_acc"] == runs[1]["final_acc"]
 
 
@@ -313,7 +316,7 @@ def test_stop_after_an_epoch_then_resume_equals_the_straight_run(tmp_path):
     assert train(split, stop_after_epoch=1)["status"] == "interrupted"
     train(split, resume=True)
     a, b = (json.loads((Path(c["out"]) / "metrics.json").read_text()) for c in (straight, split))
-    assert _comparable(a["history"]) == _comparable(b["history"])
+    assert comparable(a["history"]) == comparable(b["history"])
     sa, sb = (checkpoint.load(Path(c["out"]) / "checkpoint.pt")["algorithm"]["centroids"] for c in (straight, split))
     assert sa.keys() == {"centroids", "ready", "sums", "counts"}
     assert all(torch.equal(sa[k], sb[k]) for k in sa)

@@ -1,18 +1,16 @@
 """Pi-Model: MSE of probabilities between two views, which branch is trained, the ramp, input noise."""
 from __future__ import annotations
 
-from tests.conftest import TinyNet
-
-import json
 import math
-from pathlib import Path
 
 import pytest
 import torch
+from sslzoo.algorithms.pimodel import PiModel, pi_consistency, with_input_noise
 
 from sslzoo.algorithm import Batch, ForwardOutput, StepContext
-from sslzoo.algorithms.pimodel import PiModel, pi_consistency, with_input_noise
 from sslzoo.trainer import train
+from tests.algo_testkit import comparable, run_metrics
+from tests.conftest import TinyNet
 
 
 def ctx(step: int = 10, total: int = 10, mode: str = "concat") -> StepContext:
@@ -138,22 +136,14 @@ def test_step_reads_nothing_on_the_host(monkeypatch):
     assert set(res.losses) == {"sup", "unsup"} and torch.isfinite(total)
 
 
-def _metrics(cfg) -> dict:
-    return json.loads((Path(cfg["out"]) / "metrics.json").read_text())
-
-
-def _comparable(history):
-    return [{k: v for k, v in e.items() if k not in ("time_s", "img_per_s")} for e in history]
-
-
 def test_one_epoch_smoke_is_finite_and_reproducible(tiny, tmp_path):
     runs = []
     for name, seed in (("a", 0), ("b", 0), ("c", 1)):
         cfg = tiny(tmp_path / name, algo="pimodel", seed=seed)
         assert train(cfg)["status"] == "finished"
-        runs.append(_metrics(cfg))
+        runs.append(run_metrics(cfg))
     entry = runs[0]["history"][-1]
     assert set(entry["losses"]) == {"total", "sup", "unsup"}
     assert all(math.isfinite(v) for v in entry["losses"].values()) and entry["losses"]["unsup"] > 0
-    assert _comparable(runs[0]["history"]) == _comparable(runs[1]["history"])
-    assert _comparable(runs[0]["history"]) != _comparable(runs[2]["history"])   # the comparison can fail
+    assert comparable(runs[0]["history"]) == comparable(runs[1]["history"])
+    assert comparable(runs[0]["history"]) != comparable(runs[2]["history"])   # the comparison can fail

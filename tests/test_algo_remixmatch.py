@@ -1,8 +1,6 @@
 """ReMixMatch: distribution alignment, rotation, the step's terms, state round trip, smoke and resume."""
 from __future__ import annotations
 
-from tests.conftest import TinyNet
-
 import copy
 import json
 import math
@@ -10,14 +8,14 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from sslzoo.algorithms.remixmatch import DistributionAlignment, ReMixMatch, rotate_batch
 
 from sslzoo import checkpoint
 from sslzoo.algorithm import Batch, EpochContext, StepContext
-from sslzoo.algorithms.remixmatch import DistributionAlignment, ReMixMatch, rotate_batch
-from sslzoo.mixup import mix, sample_lambda
 from sslzoo.distributed import DistContext
+from sslzoo.mixup import mix, sample_lambda
 from sslzoo.trainer import train
-
+from tests.conftest import TinyNet
 
 Tiny = TinyNet
 

@@ -15,15 +15,25 @@ import pytest
 import torch
 import torch.nn.functional as F
 import yaml
+from sslzoo.algorithms.simmatch import (
+    SimMatch,
+    aggregate,
+    in_loss,
+    instance_similarity,
+    last_occurrence,
+    project,
+    propagate,
+    unfold,
+    update_bank,
+)
 
 from sslzoo import checkpoint
 from sslzoo.algorithm import Batch, EpochContext, StepContext, forward
-from sslzoo.algorithms.simmatch import (SimMatch, aggregate, in_loss, instance_similarity, last_occurrence,
-                                        project, propagate, unfold, update_bank)
 from sslzoo.distributed import DistContext
 from sslzoo.errors import SSLZooError
 from sslzoo.policies import build_policy
 from sslzoo.trainer import build_algorithm, train
+from tests.algo_testkit import RecordingPolicy, forbid_host_reads
 from tests.conftest import TINY, TinyNet
 
 REPO = Path(__file__).resolve().parent.parent
@@ -112,36 +122,9 @@ def _batch(n=4, pool=6):
                  torch.tensor([0, 1, 2, -1])[:n], l_index=torch.tensor([4, 1, 5, 0])[:n])
 
 
-class Recording:
-    """A policy that trusts everything and records what it was shown."""
-
-    def __init__(self):
-        self.inner = build_policy("all")
-        self.seen = []
-
-    def __call__(self, inp, c):
-        self.seen.append(inp.probs.clone())
-        return self.inner(inp, c)
-
-    def on_epoch_start(self, c):
-        pass
-
-    def setup(self, classes, pool):
-        pass
-
-    def to(self, device):
-        return self
-
-    def state_dict(self):
-        return {}
-
-    def load_state_dict(self, state):
-        pass
-
-
 def _algo(policy=None, **kw):
     torch.manual_seed(0)
-    algo = SimMatch(3, policy if policy is not None else Recording(), **kw)
+    algo = SimMatch(3, policy if policy is not None else RecordingPolicy(), **kw)
     algo.bind_backbone(TinyNet().feature_dim)
     algo.setup(10, torch.device("cpu"), num_labeled=6)
     return algo
@@ -152,7 +135,7 @@ def test_setup_builds_a_unit_bank_from_the_global_generator():
     assert a.bank.shape == (6, 128) and torch.allclose(a.bank.norm(dim=1), torch.ones(6))
     assert torch.equal(a.bank, b.bank)                                      # seeded: deterministic
     torch.manual_seed(1)
-    c = SimMatch(3, Recording())
+    c = SimMatch(3, RecordingPolicy())
     c.bind_backbone(4)
     c.setup(10, torch.device("cpu"), num_labeled=6)
     assert not torch.equal(a.bank, c.bank)
@@ -297,14 +280,6 @@ def test_state_dict_round_trip():
     assert torch.equal(algo.bank, fresh.bank)
 
 
-def _forbid_host_reads(monkeypatch):
-    def refuse(*args, **kwargs):
-        raise AssertionError("a device tensor was read on the host inside the step")
-
-    for attr in ("item", "tolist", "__bool__", "__float__", "__int__", "cpu", "numpy", "nonzero"):
-        monkeypatch.setattr(torch.Tensor, attr, refuse)
-
-
 @pytest.mark.parametrize("mode", ["concat", "separate"])
 def test_step_reads_nothing_on_the_host(monkeypatch, mode):
     algo = _algo(build_policy("fixed:0.5"))
@@ -313,7 +288,7 @@ def test_step_reads_nothing_on_the_host(monkeypatch, mode):
     c = ctx(epoch=1)
     c.forward_mode = mode
     with monkeypatch.context() as m:
-        _forbid_host_reads(m)
+        forbid_host_reads(m)
         for _ in range(2):                                                # propagation and the bank update
             res = algo.step(model, batch, c)
             total = sum(res.losses.values())

@@ -1,8 +1,6 @@
 """VAT: the power iteration's direction on hand-solvable models, the KL / entropy terms, BN, dropout, AMP."""
 from __future__ import annotations
 
-from tests.conftest import TinyNet
-
 import copy
 import json
 import math
@@ -11,13 +9,22 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from sslzoo.algorithms.vat import (
+    VAT,
+    adversarial_direction,
+    dropout_off,
+    entropy_from_logits,
+    kl_from_logits,
+    unit_vector,
+    unwrap,
+)
 from torch import nn
 
 from sslzoo.algorithm import Batch, StepContext, forward
 from sslzoo.mixup import frozen_bn_stats
-from sslzoo.algorithms.vat import (VAT, adversarial_direction, dropout_off, entropy_from_logits, kl_from_logits,
-                                   unit_vector, unwrap)
 from sslzoo.trainer import train
+from tests.algo_testkit import comparable, forbid_host_reads, run_metrics
+from tests.conftest import TinyNet
 
 
 class Linear(nn.Module):
@@ -278,21 +285,13 @@ def test_bad_hyperparameters_are_clear_errors(bad, match):
         VAT(3, **bad)
 
 
-def _forbid_host_reads(monkeypatch):
-    def refuse(*args, **kwargs):
-        raise AssertionError("a device tensor was read on the host inside the step")
-
-    for attr in ("item", "tolist", "__bool__", "__float__", "__int__", "cpu", "numpy", "nonzero"):
-        monkeypatch.setattr(torch.Tensor, attr, refuse)
-
-
 @pytest.mark.parametrize("mode", ["concat", "separate"])
 def test_step_reads_nothing_on_the_host(monkeypatch, mode):
     torch.manual_seed(0)
     model, batch = TinyNet().train(), _batch(torch.randn(5, 3, 6, 6))
     batch.u_true = torch.tensor([0, 1, 2, -1, 0])
     with monkeypatch.context() as m:
-        _forbid_host_reads(m)
+        forbid_host_reads(m)
         res = VAT(3).step(model, batch, ctx(mode=mode))
         total = sum(res.losses.values())
         total.backward()
@@ -300,26 +299,18 @@ def test_step_reads_nothing_on_the_host(monkeypatch, mode):
     assert torch.isfinite(total)
 
 
-def _metrics(cfg) -> dict:
-    return json.loads((Path(cfg["out"]) / "metrics.json").read_text())
-
-
-def _comparable(history):
-    return [{k: v for k, v in e.items() if k not in ("time_s", "img_per_s")} for e in history]
-
-
 def test_one_epoch_smoke_is_finite_and_reproducible(tiny, tmp_path):
     runs = []
     for name, seed in (("a", 0), ("b", 0), ("c", 1)):
         cfg = tiny(tmp_path / name, algo="vat", seed=seed)
         assert train(cfg)["status"] == "finished"
-        runs.append(_metrics(cfg))
+        runs.append(run_metrics(cfg))
     entry = runs[0]["history"][-1]
     assert set(entry["losses"]) == {"total", "sup", "unsup", "entmin"}
     assert all(math.isfinite(v) for v in entry["losses"].values())
     assert entry["stats"]["vat_lds"] > 0 and math.isfinite(entry["stats"]["vat_entropy"])
-    assert _comparable(runs[0]["history"]) == _comparable(runs[1]["history"])
-    assert _comparable(runs[0]["history"]) != _comparable(runs[2]["history"])   # the comparison can fail
+    assert comparable(runs[0]["history"]) == comparable(runs[1]["history"])
+    assert comparable(runs[0]["history"]) != comparable(runs[2]["history"])   # the comparison can fail
 
 
 def test_resume_continues_exactly(tiny, tmp_path):
@@ -328,7 +319,7 @@ def test_resume_continues_exactly(tiny, tmp_path):
     cfg = tiny(tmp_path / "split", algo="vat", epochs=2, iters_per_epoch=2)
     assert train(cfg, stop_after_epoch=1)["status"] == "interrupted"
     resumed = train(cfg, resume=True)
-    assert _comparable(resumed["history"]) == _comparable(full["history"])
+    assert comparable(resumed["history"]) == comparable(full["history"])
 
 
 def test_two_process_gloo_run_agrees_across_ranks(tmp_path):

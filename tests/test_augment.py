@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from PIL import Image, ImageDraw, ImageEnhance, ImageOps
+from PIL import Image, ImageDraw
 
+from sslzoo.benchmarks.augment_speed import pil_ops
 from sslzoo.data import augment as A
 from sslzoo.data.views import AugmentConfig, Views
 
@@ -27,26 +28,7 @@ def back(img: Image.Image) -> torch.Tensor:
 
 
 # The PIL reference of each operation (USB's randaugment.py calls exactly these).
-def pil_rotate(img, v):
-    return img.rotate(v)
-
-
-PIL_OPS = {
-    "AutoContrast": lambda img, v: ImageOps.autocontrast(img),
-    "Brightness": lambda img, v: ImageEnhance.Brightness(img).enhance(v),
-    "Color": lambda img, v: ImageEnhance.Color(img).enhance(v),
-    "Contrast": lambda img, v: ImageEnhance.Contrast(img).enhance(v),
-    "Equalize": lambda img, v: ImageOps.equalize(img),
-    "Identity": lambda img, v: img,
-    "Posterize": lambda img, v: ImageOps.posterize(img, max(1, int(v))),
-    "Rotate": pil_rotate,
-    "Sharpness": lambda img, v: ImageEnhance.Sharpness(img).enhance(v),
-    "ShearX": lambda img, v: img.transform(img.size, Image.AFFINE, (1, v, 0, 0, 1, 0)),
-    "ShearY": lambda img, v: img.transform(img.size, Image.AFFINE, (1, 0, 0, v, 1, 0)),
-    "Solarize": lambda img, v: ImageOps.solarize(img, v),
-    "TranslateX": lambda img, v: img.transform(img.size, Image.AFFINE, (1, 0, v * img.size[0], 0, 1, 0)),
-    "TranslateY": lambda img, v: img.transform(img.size, Image.AFFINE, (1, 0, 0, 0, 1, v * img.size[1])),
-}
+PIL_OPS = pil_ops()
 
 
 @pytest.mark.parametrize("name", [n for n, _, _ in A.RANDAUGMENT_OPS])

@@ -21,6 +21,7 @@ import yaml
 from sslzoo import checkpoint, cli
 from sslzoo.errors import SSLZooError
 from sslzoo.trainer import train
+from tests.algo_testkit import comparable
 from tests.conftest import TINY, tiny_config
 
 REPO = Path(__file__).resolve().parent.parent
@@ -28,7 +29,6 @@ REPO = Path(__file__).resolve().parent.parent
 # epoch-1 EMA model, so a resume that lost the policy state or the EMA would show.
 ADACM = {"algo": "adacm", "policies": {"adacm": {"floor": None}}}
 FIXMATCH = {"algo": "fixmatch", "policy": "fixed:0.3"}
-
 
 
 def _state(out: Path) -> dict:
@@ -46,16 +46,11 @@ def _assert_same_tensors(a: dict, b: dict, what: str) -> None:
             assert a[k] == b[k], f"{what}: {k} differs"
 
 
-def _comparable(history: list[dict]) -> list[dict]:
-    """Everything an epoch entry records except timings."""
-    return [{k: v for k, v in e.items() if k not in ("time_s", "img_per_s")} for e in history]
-
-
 def _assert_same_run(a: Path, b: Path) -> None:
     ma, mb = (json.loads((p / "metrics.json").read_text()) for p in (a, b))
     assert ma["status"] == mb["status"] == "finished"
     assert [e["test_acc"] for e in ma["history"]] == [e["test_acc"] for e in mb["history"]]
-    assert _comparable(ma["history"]) == _comparable(mb["history"])
+    assert comparable(ma["history"]) == comparable(mb["history"])
     sa, sb = _state(a), _state(b)
     assert sa["step"] == sb["step"]
     _assert_same_tensors(sa["model"], sb["model"], "model")
@@ -96,9 +91,9 @@ def test_same_seed_same_command_gives_identical_metrics(tmp_path):
         runs.append(json.loads((Path(cfg["out"]) / "metrics.json").read_text()))
     assert [e["test_acc"] for e in runs[0]["history"]] == [e["test_acc"] for e in runs[1]["history"]]
     assert runs[0]["final_acc"] == runs[1]["final_acc"] and runs[0]["best_acc"] == runs[1]["best_acc"]
-    assert _comparable(runs[0]["history"]) == _comparable(runs[1]["history"])
+    assert comparable(runs[0]["history"]) == comparable(runs[1]["history"])
     # ... and the comparison can fail: another seed is another run
-    assert _comparable(runs[0]["history"]) != _comparable(runs[2]["history"])
+    assert comparable(runs[0]["history"]) != comparable(runs[2]["history"])
 
 
 def test_a_stopped_run_is_protected_from_wrong_commands(tmp_path):

@@ -96,6 +96,10 @@ def test_delta_and_paired_p_value(df):
     t = 10 / (1 / math.sqrt(3))
     assert r["p_value"] == pytest.approx(2 * stats.t.sf(t, 2))
     assert r["p_value"] == pytest.approx(stats.ttest_rel([60, 62, 64], [50, 53, 53]).pvalue)
+    # the paired difference's 95 % interval: 10 +- t_{0.975, 2} * 1 / sqrt(3) (4.303 / 1.732 = 2.484)
+    half = stats.t.ppf(0.975, 2) / math.sqrt(3)
+    assert half == pytest.approx(2.484, abs=1e-3)
+    assert (r["delta_ci_low"], r["delta_ci_high"]) == (pytest.approx(10 - half), pytest.approx(10 + half))
     # 140 labels: adacm has 2 seeds; delta over all seeds, p over the 2 paired ones
     r = _row(s, "adacm", labels=140)
     assert r["delta"] == pytest.approx(67.25 - 56.0) and r["n_paired"] == 2
@@ -105,6 +109,7 @@ def test_delta_and_paired_p_value(df):
     # the baseline row itself
     b = _row(s, "supervised")
     assert b["delta"] == 0 and math.isnan(b["p_value"]) and b["n_paired"] == 0
+    assert math.isnan(b["delta_ci_low"]) and math.isnan(b["delta_ci_high"])
     # no baseline in that setting
     r = _row(s, "adacm[policy=fixed:0.8]", labels=400, dataset="raf_db")
     assert math.isnan(r["delta"]) and math.isnan(r["p_value"])

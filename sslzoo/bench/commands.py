@@ -268,6 +268,9 @@ def finalize(out: Path, manifest: dict[str, Any], *, metric: str = "final", base
         from .plots import plot_bench
         messages: list[str] = []
         written = plot_bench([out / d for d in df["run_dir"]], out / "plots", messages=messages)
+        for message in messages:
+            if message.startswith("could not draw"):
+                print(f"warning: {message}", file=sys.stderr)
         if written:
             paths["plots"] = out / "plots"
     if echo:

@@ -379,7 +379,9 @@ def _per_class_figure(runs: list[dict], messages: list[str] | None) -> Figure | 
         x = np.arange(len(names))
         w = 0.8 / len(methods)
         for i, (m, (mean, lo, hi, n)) in enumerate(zip(methods, bars)):
-            err = np.vstack([mean - lo, hi - mean]) if n > 1 else None
+            # clipped: the mean of equal values can land an ulp outside them, and NaN (a class with
+            # no test image) draws no whisker; matplotlib refuses negative or NaN error bars
+            err = np.nan_to_num(np.clip(np.vstack([mean - lo, hi - mean]), 0, None)) if n > 1 else None
             ax.bar(x - 0.4 + w * (i + 0.5), mean, w, yerr=err, capsize=2, color=colors[m],
                    label=f"{m} (n={n})", error_kw={"lw": 0.8})
         ax.set_xticks(x)
@@ -418,7 +420,11 @@ def plot_bench(run_dirs: Iterable[str | os.PathLike], out_dir: str | os.PathLike
         ("per_class", lambda: _per_class_figure(runs, messages), "no run logged test_per_class_acc"),
     ]
     for name, build, why in builders:
-        fig = build()
+        try:
+            fig = build()
+        except Exception as exc:   # one figure that cannot be drawn must not cost the others (or the tables)
+            _say(messages, f"could not draw {FIGURES[name]}: {type(exc).__name__}: {exc}")
+            continue
         if fig is None:
             _say(messages, f"skipped {FIGURES[name]}: {why}")
             continue

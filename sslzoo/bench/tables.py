@@ -55,6 +55,11 @@ Conventions
     from as few as two seeds; an exact sign-flip test on n pairs could not go
     below 2/2**n (0.25 for 3 seeds). Undefined is the honest answer; read
     ``delta`` and ``n_paired``.
+* ``delta_ci_low`` / ``delta_ci_high``: the 95 % confidence interval of the mean paired
+  difference (method - baseline, seed by seed, over the ``n_paired`` seeds), by
+  :func:`mean_ci`: the interval the paired t-test inverts (it excludes 0 when p < 0.05;
+  with zero-variance differences it is a single point while p is NaN). It says how large the gain plausibly is, which a p-value does not. NaN where
+  ``p_value`` has no pairs (fewer than two, the baseline row, no baseline).
 """
 from __future__ import annotations
 
@@ -97,7 +102,7 @@ ZERO_TOL = 1e-9
 CI_LEVEL = 0.95
 
 SUMMARY_COLUMNS = ["method", "dataset", "labels", "setting", "metric", "mean", "std", "n", "ci_low", "ci_high",
-                   "delta", "p_value", "n_paired", "ddof"]
+                   "delta", "p_value", "n_paired", "ddof", "delta_ci_low", "delta_ci_high"]
 COMPARISON_COLUMNS = SUMMARY_COLUMNS
 MISSING = "–"  # en dash, for cells without finished runs
 _FORMATS = {"md": "md", "markdown": "md", "csv": "csv", "latex": "latex", "tex": "latex"}
@@ -223,18 +228,21 @@ def summarize(df: pd.DataFrame, metric: str = "final", baseline: str | None = "s
         n = len(v)
         mean = float(v.mean()) if n else math.nan
         std = float(v.std(ddof=ddof)) if n >= 2 else math.nan
-        delta, p, n_paired = math.nan, math.nan, 0
+        delta, p, n_paired, delta_ci = math.nan, math.nan, 0, (math.nan, math.nan)
         base = per_seed.get((baseline, st)) if baseline is not None else None
         if n and base is not None and len(base):
             delta = mean - float(base.mean())
             if m != baseline:
                 common = v.index.intersection(base.index)
                 n_paired = len(common)
-                p = _paired_p(v.loc[common].to_numpy(float), base.loc[common].to_numpy(float))
+                ours, theirs = v.loc[common].to_numpy(float), base.loc[common].to_numpy(float)
+                p = _paired_p(ours, theirs)
+                delta_ci = mean_ci(ours - theirs)
         ci_low, ci_high = mean_ci(v.to_numpy(float))
         rows.append({"method": m, "dataset": d, "labels": lab, "setting": st, "metric": key,
                      "mean": mean, "std": std, "n": n, "ci_low": ci_low, "ci_high": ci_high,
-                     "delta": delta, "p_value": p, "n_paired": n_paired, "ddof": ddof})
+                     "delta": delta, "p_value": p, "n_paired": n_paired, "ddof": ddof,
+                     "delta_ci_low": delta_ci[0], "delta_ci_high": delta_ci[1]})
     out = pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
     out.attrs.update({"metric": key, "metric_column": col, "ddof": ddof, "baseline": baseline,
                       "excluded": excluded, "n_excluded": sum(excluded.values()),

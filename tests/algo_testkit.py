@@ -1,0 +1,57 @@
+"""Small helpers shared by the algorithm tests (one home instead of a copy per test file)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from sslzoo.policies import build_policy
+
+HOST_READS = ("item", "tolist", "__bool__", "__float__", "__int__", "cpu", "numpy", "nonzero")
+
+
+def forbid_host_reads(monkeypatch) -> None:
+    """Make every host read of a tensor fail (``tests/test_sync_free.py`` counts them instead)."""
+    def refuse(*args, **kwargs):
+        raise AssertionError("a device tensor was read on the host inside the step")
+
+    for attr in HOST_READS:
+        monkeypatch.setattr(torch.Tensor, attr, refuse)
+
+
+class RecordingPolicy:
+    """A policy that trusts everything and records the distributions it was shown."""
+
+    def __init__(self):
+        self.inner = build_policy("all")
+        self.seen: list[torch.Tensor] = []
+
+    def __call__(self, inp, c):
+        self.seen.append(inp.probs.clone())
+        return self.inner(inp, c)
+
+    def on_epoch_start(self, c):
+        pass
+
+    def setup(self, classes, pool):
+        pass
+
+    def to(self, device):
+        return self
+
+    def state_dict(self):
+        return {}
+
+    def load_state_dict(self, state):
+        pass
+
+
+def run_metrics(cfg) -> dict:
+    """A finished run's ``metrics.json``."""
+    return json.loads((Path(cfg["out"]) / "metrics.json").read_text())
+
+
+def comparable(history: list[dict]) -> list[dict]:
+    """Everything an epoch entry records except timings."""
+    return [{k: v for k, v in e.items() if k not in ("time_s", "img_per_s")} for e in history]

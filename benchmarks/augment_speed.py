@@ -22,6 +22,7 @@ import random
 import statistics
 import time
 from dataclasses import asdict, dataclass
+from functools import partial
 from typing import Any, Callable
 
 import numpy as np
@@ -39,7 +40,8 @@ class AugmentBenchOptions:
     unlabeled_views: tuple[str, ...] = ("weak", "weak", "strong")   # Ada-CM
     randaugment_n: int = 3                                           # the official Ada-CM RandAugment(3, 5)
     crop_padding: float = 0.125
-    repeats: int = 5                                                 # timed steps per method (median)
+    repeats: int = 7                                                 # timed steps per method (median)
+    warmup: int = 3                                                  # untimed rounds first (steady state)
 
 
 def pil_ops() -> dict[str, Callable]:
@@ -115,6 +117,23 @@ def _median_seconds(fn: Callable[[], Any], repeats: int, sync: Callable[[], None
     return statistics.median(times)
 
 
+def _interleaved_median_seconds(fns: dict[str, Callable[[], Any]], repeats: int, warmup: int) -> dict[str, float]:
+    """Median seconds of each function, timed in rounds (each function once per round) after
+    ``warmup`` untimed rounds: machine noise hits all of them alike, and each is timed in the
+    steady state a loader worker runs in (the first steps of a process are slower, by up to
+    1.5x here: the allocator is still growing its heap and page-faulting fresh memory)."""
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            tic = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - tic)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
 def measure_augment(opts: AugmentBenchOptions | None = None, device: str = "cpu") -> dict[str, Any]:
     """Views per second per CPU core for the three ways (one thread), and on ``device`` if a GPU."""
     opts = opts or AugmentBenchOptions()
@@ -150,9 +169,9 @@ def measure_augment(opts: AugmentBenchOptions | None = None, device: str = "cpu"
 
         result: dict[str, Any] = {**asdict(opts), "unlabeled_views": list(opts.unlabeled_views),
                                   "views_per_step": views_per_step, "threads": 1}
-        seconds = {"batched": _median_seconds(lambda: tensor_step(batched, cpu), opts.repeats),
-                   "per_image_torchvision": _median_seconds(lambda: tensor_step(legacy, cpu), opts.repeats),
-                   "pil": _median_seconds(pil_step, opts.repeats)}
+        seconds = _interleaved_median_seconds({"batched": lambda: tensor_step(batched, cpu),
+                                               "per_image_torchvision": lambda: tensor_step(legacy, cpu),
+                                               "pil": pil_step}, opts.repeats, opts.warmup)
         for name, s in seconds.items():
             result[f"{name}_img_s_per_core"] = views_per_step / s
         result["batched_over_pil"] = seconds["pil"] / seconds["batched"]
@@ -181,5 +200,40 @@ def format_augment(r: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _call_repeatedly(fn: Callable[[Any, float], Any], image: Any, v: float, calls: int) -> None:
+    for _ in range(calls):
+        fn(image, v)
+
+
+def measure_operations(image_size: int = 224, repeats: int = 7, calls: int = 100) -> dict[str, dict[str, float]]:
+    """Milliseconds per call of each RandAugment operation on one face-like image, sslzoo's CPU
+    route against PIL, one thread, magnitude at 37 % of the range; median of ``repeats`` loops."""
+    from PIL import Image
+
+    from sslzoo.data import augment_cpu
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        arr = _images(1, image_size, 5)[0]
+        x, img, ops = torch.from_numpy(arr).permute(2, 0, 1).contiguous(), Image.fromarray(arr), pil_ops()
+        result = {}
+        for name, low, high in RANDAUGMENT_OPS:
+            v = low + 0.37 * (high - low)
+            fns = {"sslzoo_ms": partial(_call_repeatedly, augment_cpu.OPS[name], x, v, calls),
+                   "pil_ms": partial(_call_repeatedly, ops[name], img, v, calls)}
+            result[name] = {k: 1e3 * t / calls for k, t in _interleaved_median_seconds(fns, repeats, 1).items()}
+        return result
+    finally:
+        torch.set_num_threads(threads)
+
+
 if __name__ == "__main__":
-    print(format_augment(measure_augment()))
+    import sys
+    if "--per-op" in sys.argv:
+        ops_ms = measure_operations()
+        for name, r in ops_ms.items():
+            print(f"{name:13s} sslzoo (CPU route) {r['sslzoo_ms']:.3f} ms   PIL {r['pil_ms']:.3f} ms")
+        print(f"{'mean':13s} sslzoo (CPU route) {statistics.mean(r['sslzoo_ms'] for r in ops_ms.values()):.3f} ms   "
+              f"PIL {statistics.mean(r['pil_ms'] for r in ops_ms.values()):.3f} ms")
+    else:
+        print(format_augment(measure_augment()))

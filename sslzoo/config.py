@@ -545,6 +545,10 @@ def resolve(layers: list[dict[str, Any]]) -> dict[str, Any]:
     user = {}
     for layer in layers:
         user = deep_merge(user, layer)
+    for key, registry in (("algo", ALGORITHMS), ("dataset", DATASETS)):
+        # registered names are lower-case: "FixMatch" names fixmatch, and must find its YAML and its section too
+        if isinstance(user.get(key), str) and user[key] != user[key].lower() and user[key] in registry:
+            user[key] = user[key].lower()
     algo = user.get("algo", DEFAULTS["algo"])
     dataset = user.get("dataset", DEFAULTS["dataset"])
     builtin: list[dict[str, Any]] = []

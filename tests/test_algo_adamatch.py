@@ -8,6 +8,9 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+
+from sslzoo import checkpoint
+from sslzoo.algorithm import Batch, ForwardOutput, PolicyInput, StepContext
 from sslzoo.algorithms.adamatch import (
     AdaMatch,
     EMAAlignment,
@@ -15,9 +18,6 @@ from sslzoo.algorithms.adamatch import (
     interpolate_logits,
 )
 from sslzoo.algorithms.fixmatch import FixMatch
-
-from sslzoo import checkpoint
-from sslzoo.algorithm import Batch, ForwardOutput, PolicyInput, StepContext
 from sslzoo.distributed import DistContext
 from sslzoo.errors import SSLZooError
 from sslzoo.policies import build_policy

@@ -16,6 +16,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 import yaml
+
+from sslzoo import checkpoint
+from sslzoo.algorithm import Batch, StepContext, forward
 from sslzoo.algorithms.comatch import (
     CoMatch,
     MemoryQueue,
@@ -25,9 +28,6 @@ from sslzoo.algorithms.comatch import (
     pseudo_label_graph,
 )
 from sslzoo.algorithms.simmatch import project
-
-from sslzoo import checkpoint
-from sslzoo.algorithm import Batch, StepContext, forward
 from sslzoo.errors import SSLZooError
 from sslzoo.policies import build_policy
 from sslzoo.trainer import build_algorithm, train

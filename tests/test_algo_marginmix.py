@@ -10,6 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+
+from sslzoo import checkpoint
+from sslzoo.algorithm import Batch, StepContext
 from sslzoo.algorithms.marginmix import (
     ClassCentroids,
     MarginMix,
@@ -18,9 +21,6 @@ from sslzoo.algorithms.marginmix import (
     squared_distances,
 )
 from sslzoo.algorithms.mixmatch import MixMatch, guess_labels, probs_mse, soft_ce
-
-from sslzoo import checkpoint
-from sslzoo.algorithm import Batch, StepContext
 from sslzoo.distributed import DistContext
 from sslzoo.mixup import mix, sample_lambda, sharpen
 from sslzoo.trainer import build_algorithm, train

@@ -5,9 +5,9 @@ import math
 
 import pytest
 import torch
-from sslzoo.algorithms.pimodel import PiModel, pi_consistency, with_input_noise
 
 from sslzoo.algorithm import Batch, ForwardOutput, StepContext
+from sslzoo.algorithms.pimodel import PiModel, pi_consistency, with_input_noise
 from sslzoo.trainer import train
 from tests.algo_testkit import comparable, run_metrics
 from tests.conftest import TinyNet

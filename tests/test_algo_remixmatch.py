@@ -8,10 +8,10 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from sslzoo.algorithms.remixmatch import DistributionAlignment, ReMixMatch, rotate_batch
 
 from sslzoo import checkpoint
 from sslzoo.algorithm import Batch, EpochContext, StepContext
+from sslzoo.algorithms.remixmatch import DistributionAlignment, ReMixMatch, rotate_batch
 from sslzoo.distributed import DistContext
 from sslzoo.mixup import mix, sample_lambda
 from sslzoo.trainer import train

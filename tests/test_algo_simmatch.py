@@ -15,6 +15,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 import yaml
+
+from sslzoo import checkpoint
+from sslzoo.algorithm import Batch, EpochContext, StepContext, forward
 from sslzoo.algorithms.simmatch import (
     SimMatch,
     aggregate,
@@ -26,9 +29,6 @@ from sslzoo.algorithms.simmatch import (
     unfold,
     update_bank,
 )
-
-from sslzoo import checkpoint
-from sslzoo.algorithm import Batch, EpochContext, StepContext, forward
 from sslzoo.distributed import DistContext
 from sslzoo.errors import SSLZooError
 from sslzoo.policies import build_policy

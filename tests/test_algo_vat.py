@@ -9,6 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
+
+from sslzoo.algorithm import Batch, StepContext, forward
 from sslzoo.algorithms.vat import (
     VAT,
     adversarial_direction,
@@ -18,9 +21,6 @@ from sslzoo.algorithms.vat import (
     unit_vector,
     unwrap,
 )
-from torch import nn
-
-from sslzoo.algorithm import Batch, StepContext, forward
 from sslzoo.mixup import frozen_bn_stats
 from sslzoo.trainer import train
 from tests.algo_testkit import comparable, forbid_host_reads, run_metrics

@@ -11,6 +11,7 @@ from PIL import Image, ImageDraw
 
 from sslzoo.benchmarks.augment_speed import pil_ops
 from sslzoo.data import augment as A
+from sslzoo.data import augment_cpu
 from sslzoo.data.views import AugmentConfig, Views
 
 
@@ -42,6 +43,20 @@ def test_each_operation_equals_pil(name):
     ref = torch.stack([back(PIL_OPS[name](pil(img), float(m))) for img, m in zip(x, v)])
     assert out.dtype == torch.uint8 and out.shape == x.shape
     assert torch.equal(out, ref), (out != ref).sum()   # geometric ones too: PIL's own fixed-point arithmetic
+    per_image = torch.stack([augment_cpu.OPS[name](img, float(m)) for img, m in zip(x, v)])   # the CPU route
+    assert per_image.dtype == torch.uint8 and torch.equal(per_image, ref), (per_image != ref).sum()
+
+
+@pytest.mark.parametrize("name", [n for n, _, _ in A.RANDAUGMENT_OPS])
+def test_each_operation_is_the_same_on_both_routes_at_224_px(name):
+    """At the paper's size too (where a geometric operation reaches far outside the image and
+    the CPU route borders it by its corners): one image at a time equals the whole batch."""
+    _, low, high = A.RANDAUGMENT_OPS[A.OP_INDEX[name]]
+    x = torch.cat([images(3, 224, seed=3), images(2, 224, seed=4, low=60, high=160)])
+    v = torch.tensor([low, high, low + 0.3 * (high - low), low + 0.61 * (high - low), 0.5 * (low + high)],
+                     dtype=torch.float64)
+    batched = A.OPS[name](x, v)
+    assert torch.equal(torch.stack([augment_cpu.OPS[name](img, float(m)) for img, m in zip(x, v)]), batched)
 
 
 def test_operations_have_the_fixmatch_pool_and_ranges():
@@ -121,11 +136,12 @@ def test_weak_crop_equals_pad_then_slice(mode):
 
 
 @pytest.mark.parametrize("mode", ["reflect", "zeros"])
-def test_the_crop_has_the_same_result_on_every_path(mode):
-    """The CPU path (slices of a padded batch) and the GPU path (one gather) are twins."""
-    x = images(9, 14, seed=9)
-    p = A.sample_weak(9, 14, 5, 0.7, True, torch.Generator().manual_seed(1))
-    assert torch.equal(A._crop_flip_slices(x, p["offsets"], p["flip"], mode),
+@pytest.mark.parametrize("size,padding", [(14, 5), (224, 28)])
+def test_the_crop_has_the_same_result_on_every_path(mode, size, padding):
+    """The CPU path (at most four block copies per image) and the GPU path (one gather) are twins."""
+    x = images(9, size, seed=9)
+    p = A.sample_weak(9, size, padding, 0.7, True, torch.Generator().manual_seed(1))
+    assert torch.equal(A._crop_flip_per_image(x, p["offsets"], p["flip"], mode),
                        A._crop_flip_gather(x, p["offsets"], p["flip"], mode))
 
 
@@ -222,7 +238,3 @@ def test_every_view_has_the_same_result_on_both_routes(randaugment_first, monkey
     cpu = views.apply("strong", x, params)
     monkeypatch.setattr(A, "CPU_ROUTES", False)
     assert torch.equal(cpu, views.apply("strong", x, params))
-    v = torch.linspace(-0.3, 0.3, 24, dtype=torch.float64)
-    batched = [A.translate_x(x, v), A.translate_y(x, v)]
-    monkeypatch.setattr(A, "CPU_ROUTES", True)
-    assert torch.equal(batched[0], A.translate_x(x, v)) and torch.equal(batched[1], A.translate_y(x, v))

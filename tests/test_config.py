@@ -22,6 +22,16 @@ def test_defaults_resolve_and_keep_only_the_active_algorithm_section():
     assert cfg["optim"]["lr"] == synthfer_yaml["optim"]["lr"]
 
 
+def test_a_capitalised_name_finds_its_yaml_and_keeps_its_section():
+    """Registered names are lower-case; "MixMatch" (as a suite might spell it) must not drop the
+    algorithm's built-in YAML or the user's own section of it."""
+    cfg = resolve([{"algo": "MixMatch", "dataset": "SynthFER", "mixmatch": {"mixup_alpha": 0.3}}])
+    assert cfg["algo"] == "mixmatch" and cfg["dataset"] == "synthfer"
+    assert cfg["mixmatch"]["mixup_alpha"] == 0.3
+    assert cfg["mixmatch"]["unsup_warmup"] == load_yaml(
+        config_mod.builtin_config_dir() / "algorithms" / "mixmatch.yaml")["mixmatch"]["unsup_warmup"]
+
+
 def test_unknown_top_level_key_gets_did_you_mean():
     with pytest.raises(SSLZooError, match=r"Unknown config key 'epoch'.*Did you mean 'epochs'"):
         resolve([{"epoch": 3}])

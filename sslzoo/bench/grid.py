@@ -177,7 +177,7 @@ class Suite:
         """The suite's ``baseline``, else the first method trained with the supervised algorithm."""
         if self.baseline:
             return self.baseline
-        return next((m.name for m in self.methods if m.algo == "supervised"), None)
+        return next((m.name for m in self.methods if m.algo.lower() == "supervised"), None)
 
 
 @dataclass
@@ -497,7 +497,7 @@ def resolve_cells(cells: list[Cell], cli_layers: list[dict[str, Any]], out: str 
         except SSLZooError as exc:
             raise SSLZooError(f"{context}: {exc}") from None
         method_algo = next((lay["algo"] for lay in reversed(cell.layers) if "algo" in lay), cfg["algo"])
-        if cfg["algo"] != method_algo or cfg["seed"] != cell.seed:
+        if cfg["algo"] != str(method_algo).lower() or cfg["seed"] != cell.seed:
             raise SSLZooError(f"{context}: 'algo' and 'seed' are set by the grid; choose them with --algos / "
                               f"--seeds (or the suite's methods), not --set or --config.")
         cell.setting_id = setting_id(cell.setting, cfg)

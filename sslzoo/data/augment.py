@@ -29,6 +29,9 @@ on the host), on the CPU inside loader workers or on the training GPU, without a
 a device tensor. Kornia's and torchvision v2's batched ops were considered: torchvision v2
 applies one random operation to the whole batch, and neither reproduces the PIL semantics
 (integer blending, lookup-table equalize, nearest fill) that FixMatch/USB numbers come from.
+On the CPU the crop and RandAugment take a per-image route instead (:mod:`.augment_cpu`:
+the same operations with host-number parameters, measured faster there); both routes give
+the same pixels.
 
 Randomness: every parameter is drawn from the ``torch.Generator`` handed in (the data
 pipeline seeds one per step and rank), in a fixed order, on the CPU; the same parameters give
@@ -40,8 +43,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
+
+from . import augment_cpu
 
 # (name, low, high): the operation pool and magnitude ranges of FixMatch's RandAugment (USB's augment_list)
 RANDAUGMENT_OPS: tuple[tuple[str, float, float], ...] = (
@@ -85,25 +89,18 @@ def crop_flip(x: Tensor, offsets: Tensor, flip: Tensor, padding_mode: str = "ref
     """Crop each image at (dy, dx) = ``offsets[i]`` from a padded copy, then flip it if ``flip[i]``.
 
     Equivalent to ``F.pad(img, (p,)*4, mode)[:, p+dy : p+dy+H, p+dx : p+dx+W]`` (then ``.flip(-1)``)
-    for |dy|, |dx| < the image side. On the CPU: one padded copy of the batch and a slice per
-    image (memory copies); on a GPU: one gather on uint8 for the whole batch (one kernel).
+    for |dy|, |dx| < the image side. On the CPU: one padding of the batch by slices, then a slice
+    per image (:func:`augment_cpu.crop_flip`); on a GPU: one gather on uint8 for the whole batch.
     """
     if padding_mode not in ("reflect", "zeros"):
         raise ValueError(f"padding_mode must be 'reflect' or 'zeros'; got {padding_mode!r}")
     if _cpu_route(x):
-        return _crop_flip_slices(x, offsets, flip, padding_mode)
+        return _crop_flip_per_image(x, offsets, flip, padding_mode)
     return _crop_flip_gather(x, offsets, flip, padding_mode)
 
 
-def _crop_flip_slices(x: Tensor, offsets: Tensor, flip: Tensor, padding_mode: str) -> Tensor:
-    n, c, h, w = x.shape
-    p = int(offsets.abs().max()) if offsets.numel() else 0    # CPU parameters: a host number, no device read
-    src = F.pad(x, (p, p, p, p), mode="reflect" if padding_mode == "reflect" else "constant") if p else x
-    out = torch.empty((n, c, h, w), dtype=x.dtype)
-    for i, ((dy, dx), f) in enumerate(zip(offsets.tolist(), flip.tolist())):
-        crop = src[i, :, p + dy:p + dy + h, p + dx:p + dx + w]
-        out[i] = crop.flip(-1) if f else crop
-    return out
+def _crop_flip_per_image(x: Tensor, offsets: Tensor, flip: Tensor, padding_mode: str) -> Tensor:
+    return augment_cpu.crop_flip(x, offsets.tolist(), flip.tolist(), padding_mode)   # CPU parameters: host numbers
 
 
 def _crop_flip_gather(x: Tensor, offsets: Tensor, flip: Tensor, padding_mode: str) -> Tensor:
@@ -352,28 +349,12 @@ def shear_y(x: Tensor, v: Tensor) -> Tensor:
 
 def _translate(x: Tensor, shift: Tensor, axis: int) -> Tensor:
     """A translation is PIL's scaling path (ImagingScaleAffine): source = output + floor(t + 1/2),
-    an integer shift per image (t = v x side, in float64 as PIL's doubles). On the CPU: slices."""
+    an integer shift per image (t = v x side, in float64 as PIL's doubles)."""
     k, c, h, w = x.shape
-    if _cpu_route(x):
-        return _shift_slices(x, torch.floor(shift + 0.5).long().tolist(), axis)
     s = torch.floor(shift + 0.5).to(torch.int32).view(k, 1, 1)
     xs = torch.arange(w, device=x.device, dtype=torch.int32).view(1, 1, w).expand(k, h, w)
     ys = torch.arange(h, device=x.device, dtype=torch.int32).view(1, h, 1).expand(k, h, w)
     return _gather_or_fill(x, xs + s, ys) if axis == 1 else _gather_or_fill(x, xs, ys + s)
-
-
-def _shift_slices(x: Tensor, shifts: list[int], axis: int) -> Tensor:
-    """out[..., j] = x[..., j + s] along ``axis`` (1: columns, 0: rows) where that lies inside, else 0."""
-    out = torch.zeros_like(x)
-    size = x.shape[-1] if axis == 1 else x.shape[-2]
-    for i, s in enumerate(shifts):
-        lo, hi = max(0, -s), min(size, size - s)        # output positions whose source is inside
-        if lo < hi:
-            if axis == 1:
-                out[i, :, :, lo:hi] = x[i, :, :, lo + s:hi + s]
-            else:
-                out[i, :, lo:hi] = x[i, :, lo + s:hi + s]
-    return out
 
 
 def translate_x(x: Tensor, v: Tensor) -> Tensor:
@@ -389,15 +370,17 @@ OPS = {"AutoContrast": autocontrast, "Brightness": brightness, "Color": color, "
        "Sharpness": sharpness, "ShearX": shear_x, "ShearY": shear_y, "Solarize": solarize,
        "TranslateX": translate_x, "TranslateY": translate_y}
 _FUNCTIONS = [OPS[name] for name, _, _ in RANDAUGMENT_OPS]
+_CPU_FUNCTIONS = [augment_cpu.OPS[name] for name, _, _ in RANDAUGMENT_OPS]
 
 
 def randaugment(x: Tensor, params: dict[str, Any]) -> Tensor:
     """Apply each image's operations in its drawn order.
 
     On a GPU every operation runs once per slot on all the images that drew it (few, large
-    kernels). On the CPU each image goes through its own operations one after the other: the
-    same functions on one image at a time, whose temporaries stay in the CPU's caches (measured
-    2-4x faster than whole-group calls for the colour operations at 224 px, one thread).
+    kernels). On the CPU each image goes through its own operations one after the other
+    (:mod:`.augment_cpu`: the same operations, parameters as host numbers), whose temporaries
+    stay in the CPU's caches (measured 2-4x faster than whole-group calls for the colour
+    operations at 224 px, one thread).
     """
     if x.shape[0] == 0:
         return x
@@ -407,13 +390,13 @@ def randaugment(x: Tensor, params: dict[str, Any]) -> Tensor:
 
 
 def _randaugment_per_image(x: Tensor, params: dict[str, Any]) -> Tensor:
-    ops, mags = params["ops"].tolist(), params["mags"]      # CPU parameters: host numbers, no device read
+    ops, mags = params["ops"].tolist(), params["mags"].tolist()      # CPU parameters: host numbers, no device read
     out = torch.empty_like(x)
-    for i, row in enumerate(ops):
-        img = x[i:i + 1]
-        for k, op in enumerate(row):
-            img = _FUNCTIONS[op](img, mags[i:i + 1, k])
-        out[i] = img[0]
+    for i, (row, magnitudes) in enumerate(zip(ops, mags)):
+        img = x[i]
+        for op, magnitude in zip(row, magnitudes):
+            img = _CPU_FUNCTIONS[op](img, magnitude)
+        out[i] = img
     return out
 
 

@@ -89,8 +89,9 @@ def crop_flip(x: Tensor, offsets: Tensor, flip: Tensor, padding_mode: str = "ref
     """Crop each image at (dy, dx) = ``offsets[i]`` from a padded copy, then flip it if ``flip[i]``.
 
     Equivalent to ``F.pad(img, (p,)*4, mode)[:, p+dy : p+dy+H, p+dx : p+dx+W]`` (then ``.flip(-1)``)
-    for |dy|, |dx| < the image side. On the CPU: one padding of the batch by slices, then a slice
-    per image (:func:`augment_cpu.crop_flip`); on a GPU: one gather on uint8 for the whole batch.
+    for |dy|, |dx| < the image side. On the CPU: per image, at most four block copies of the image
+    itself, no padded copy (:func:`augment_cpu.crop_flip`); on a GPU: one gather on uint8 for the
+    whole batch.
     """
     if padding_mode not in ("reflect", "zeros"):
         raise ValueError(f"padding_mode must be 'reflect' or 'zeros'; got {padding_mode!r}")

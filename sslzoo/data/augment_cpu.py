@@ -2,7 +2,7 @@
 
 Same operations, same pixels as the batched tensor route (``tests/test_augment.py`` compares
 the two and both with PIL), written for where they run: in a loader worker, one thread, an
-image of 224 px that does not fit the caches twice. Why a second route and not the batched
+image of 224 px whose temporaries barely fit the caches. Why a second route and not the batched
 one on the CPU (measured at 224 px, one thread, ``benchmarks/augment_speed.py``):
 
 * per-image parameters are Python numbers here, so nothing builds one-element tensors (the
@@ -13,9 +13,11 @@ one on the CPU (measured at 224 px, one thread, ``benchmarks/augment_speed.py``)
 * geometric operations gather from a zero-bordered copy just large enough for the image's
   corners (the affine map's extremes), so no inside-mask or clamp is computed per pixel;
 * float32 arithmetic where it is exact: PIL's luma R 19595 + G 38470 + B 7471 + 32768 stays
-  below 2^24 and so does the SMOOTH filter's sum, so both are exact integers in float32.
+  below 2^24 and so does the SMOOTH filter's sum, so both are exact integers in float32;
+* the weak crop of a padded image is at most four block copies of the image, no padded copy.
 
-Every function takes a uint8 image [C, H, W] (contiguous) and returns a new one.
+Each operation in ``OPS`` takes a uint8 image [C, H, W] (contiguous) and returns a new one
+(Identity returns its input); ``crop_flip`` takes the batch [N, C, H, W].
 """
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Peak memory of a short ``sslzoo train`` on a data set whose decoded cache is over 4 GB.
 
-    python -m benchmarks.rss_check [--images 27000] [--batch-size 16] [--json PATH]
+    python -m benchmarks.rss_check [--images 27000] [--batch-size 16] [--amp off|bf16] [--json PATH]
 
 The data set, ``faces224``, is synthfer_faces (200 identities) drawn at 32 px and enlarged
 7x (nearest) to 224 px, written chunk by chunk into a decode-cache entry: 27,000 images =
@@ -105,11 +105,11 @@ def _status_kb(pid: int, field: str) -> int:
     return 0
 
 
-def run_settings(batch_size: int = 16) -> dict[str, Any]:
+def run_settings(batch_size: int = 16, amp: str = "off") -> dict[str, Any]:
     """The measured run's config (one place: the CLI run and the in-process probe both use it)."""
     return {"dataset": "faces224", "algo": "fixmatch", "labels": 400, "epochs": 1, "iters_per_epoch": 3,
             "batch_size": batch_size, "mu": 1, "eval_batch_size": 64, "tensorboard": False, "progress": False,
-            "backbone": {"name": "smallcnn", "width": 16}}
+            "backbone": {"name": "smallcnn", "width": 16}, "amp": amp}
 
 
 def _flags(run: dict[str, Any]) -> list[str]:
@@ -118,7 +118,7 @@ def _flags(run: dict[str, Any]) -> list[str]:
             "--epochs", str(run["epochs"]), "--iters-per-epoch", str(run["iters_per_epoch"]),
             "--batch-size", str(run["batch_size"]), "--mu", str(run["mu"]), "--backbone", run["backbone"]["name"],
             "--set", f"eval_batch_size={run['eval_batch_size']}", "--set", "tensorboard=false",
-            "--set", f"backbone.width={run['backbone']['width']}"]
+            "--set", f"backbone.width={run['backbone']['width']}", "--set", f"amp={run['amp']}"]
 
 
 def _rss() -> dict[str, float]:
@@ -127,7 +127,7 @@ def _rss() -> dict[str, float]:
     return {k: round(v, 3) for k, v in fields.items()}
 
 
-def stages(out: Path, batch_size: int = 16) -> list[tuple[str, dict[str, float]]]:
+def stages(out: Path, batch_size: int = 16, amp: str = "off") -> list[tuple[str, dict[str, float]]]:
     """Resident memory after each stage of the run, driven in this process (no loader worker)."""
     report = [("python started", _rss())]
     import torch  # noqa: F401
@@ -136,7 +136,7 @@ def stages(out: Path, batch_size: int = 16) -> list[tuple[str, dict[str, float]]
     from sslzoo.meter import EpochMeter
     from sslzoo.trainer import Trainer
     report.append(("torch and sslzoo imported", _rss()))
-    run = run_settings(batch_size)
+    run = run_settings(batch_size, amp)
     cfg = resolve([{**run, "num_workers": 0, "out": str(out)}])
     prepare(cfg)
     report.append(("data prepared (split of a 4 GB cache)", _rss()))
@@ -153,10 +153,10 @@ def stages(out: Path, batch_size: int = 16) -> list[tuple[str, dict[str, float]]
     return report
 
 
-def measure(out: Path, batch_size: int = 16) -> dict[str, Any]:
+def measure(out: Path, batch_size: int = 16, amp: str = "off") -> dict[str, Any]:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "sslzoo", "train", "--plugin", str(Path(__file__).resolve()),
-           *_flags(run_settings(batch_size)), "--num-workers", "1", "--out", str(out), "--overwrite"]
+           *_flags(run_settings(batch_size, amp)), "--num-workers", "1", "--out", str(out), "--overwrite"]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     main_hwm = tree_peak = file_at_peak = anon_at_peak = 0
     while proc.poll() is None:
@@ -181,6 +181,8 @@ def main() -> int:
     p.add_argument("--images", type=int, default=27000, help="images in the data set (27,000 = 4.06 GB)")
     p.add_argument("--batch-size", type=int, default=16,
                    help="labeled batch B (the step sees B labeled + 2 x B unlabeled views; mu = 1)")
+    p.add_argument("--amp", default="off", choices=("off", "bf16"),
+                   help="autocast of the run (off: float32, the CPU default; bf16: the CUDA default)")
     p.add_argument("--json", default=None, help="also write the result here")
     p.add_argument("--stages-only", action="store_true", help=argparse.SUPPRESS)   # the in-process probe
     args = p.parse_args()
@@ -188,7 +190,7 @@ def main() -> int:
     if args.stages_only:
         os.environ["OMP_NUM_THREADS"] = "1"
         with tempfile.TemporaryDirectory(prefix="sslzoo-rss-") as tmp:
-            print(json.dumps(stages(Path(tmp) / "run", args.batch_size)))
+            print(json.dumps(stages(Path(tmp) / "run", args.batch_size, args.amp)))
         return 0
     tic = time.perf_counter()
     bundle = DATASETS.get("faces224")()
@@ -197,12 +199,12 @@ def main() -> int:
     print(f"faces224: {len(bundle.train) + len(bundle.test)} images at {SIDE} px, decode cache "
           f"{size_gb:.2f} GB at {bundle.info['cache_dir']} (ready in {built_s:.0f} s)", flush=True)
     with tempfile.TemporaryDirectory(prefix="sslzoo-rss-") as tmp:
-        result = measure(Path(tmp) / "run", args.batch_size)
+        result = measure(Path(tmp) / "run", args.batch_size, args.amp)
     probe = subprocess.run([sys.executable, "-m", "benchmarks.rss_check", "--stages-only", "--images",
-                            str(args.images), "--batch-size", str(args.batch_size)], capture_output=True, text=True, check=True,
+                            str(args.images), "--batch-size", str(args.batch_size), "--amp", args.amp], capture_output=True, text=True, check=True,
                            env={**os.environ, "OMP_NUM_THREADS": "1"}, cwd=Path(__file__).resolve().parent.parent)
     result["stages"] = json.loads(probe.stdout.strip().splitlines()[-1])
-    result.update(cache_gb=size_gb, images=args.images, batch_size=args.batch_size)
+    result.update(cache_gb=size_gb, images=args.images, batch_size=args.batch_size, amp=args.amp)
     print("resident memory after each stage, one process (GB: now / peak so far / anonymous / mapped files):")
     for name, r in result["stages"]:
         print(f"  {name:<50} {r['VmRSS']:.2f} / {r['VmHWM']:.2f} / {r['RssAnon']:.2f} / {r['RssFile']:.2f}")

@@ -118,7 +118,8 @@ def _flags(run: dict[str, Any]) -> list[str]:
             "--epochs", str(run["epochs"]), "--iters-per-epoch", str(run["iters_per_epoch"]),
             "--batch-size", str(run["batch_size"]), "--mu", str(run["mu"]), "--backbone", run["backbone"]["name"],
             "--set", f"eval_batch_size={run['eval_batch_size']}", "--set", "tensorboard=false",
-            "--set", f"backbone.width={run['backbone']['width']}", "--set", f"amp={run['amp']}"]
+            "--set", f"backbone.width={run['backbone']['width']}", "--set", f"amp={run['amp']}",
+            "--set", f"progress={str(run['progress']).lower()}"]
 
 
 def _rss() -> dict[str, float]:
@@ -131,6 +132,7 @@ def stages(out: Path, batch_size: int = 16, amp: str = "off") -> list[tuple[str,
     """Resident memory after each stage of the run, driven in this process (no loader worker)."""
     report = [("python started", _rss())]
     import torch  # noqa: F401
+
     from sslzoo.config import resolve
     from sslzoo.data.prepare import prepare
     from sslzoo.meter import EpochMeter

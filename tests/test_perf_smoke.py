@@ -102,8 +102,8 @@ def test_view_batches_deterministic_and_isolated():
 
 # -- the benchmark itself ----------------------------------------------------------------------
 def test_throughput_cli_emits_json_shape(tmp_path, tiny, capsys):
-    from sslzoo.cli import main
     from sslzoo.benchmarks.throughput import REQUIRED_KEYS
+    from sslzoo.cli import main
     cfg = tiny(tmp_path)
     cfg_file = tmp_path / "tiny.yaml"
     cfg_file.write_text(yaml.safe_dump(cfg))
@@ -151,3 +151,27 @@ def test_benchmarks_entry_point_is_the_same_command(monkeypatch):
     import benchmarks.throughput as entry
     from sslzoo.benchmarks import throughput
     assert entry.__file__ == throughput.__file__ or entry.main.__code__.co_filename == throughput.main.__code__.co_filename
+
+
+def test_augment_per_operation_timing_covers_every_operation():
+    from sslzoo.benchmarks.augment_speed import measure_operations
+    from sslzoo.data.augment import RANDAUGMENT_OPS
+    ops = measure_operations(image_size=16, repeats=1, calls=1)
+    assert list(ops) == [name for name, _, _ in RANDAUGMENT_OPS]
+    assert all(set(r) == {"sslzoo_ms", "pil_ms"} and r["sslzoo_ms"] >= 0 and r["pil_ms"] >= 0 for r in ops.values())
+
+
+@pytest.mark.parametrize("amp", ["off", "bf16"])
+def test_rss_check_runs_what_it_reports(amp):
+    """The memory benchmark's CLI run and its in-process probe use one config; the flags it passes to
+    ``sslzoo train`` resolve to exactly that config (amp included)."""
+    from sslzoo.benchmarks.rss_check import _flags, run_settings
+    from sslzoo.cli import build_parser, config_layers
+    from sslzoo.config import resolve
+    run = run_settings(8, amp)
+    args = build_parser().parse_args(["train", *_flags(run)])
+    cfg = resolve(config_layers(args))
+    assert {k: cfg[k] for k in run if k not in ("backbone", "amp")} == {
+        k: v for k, v in run.items() if k not in ("backbone", "amp")}
+    assert cfg["amp"] == amp or (amp == "off" and cfg["amp"] is False)   # YAML reads --set amp=off as false
+    assert cfg["backbone"]["name"] == "smallcnn" and cfg["backbone"]["width"] == 16

@@ -14,7 +14,10 @@ from uint8 images in memory to normalized float tensors, in one process with ONE
   the PIL image (the same 14 operations and ranges), Cutout with ``ImageDraw``, ``ToTensor`` and
   ``Normalize``. Written here as those code bases write it (it is the peer's method).
 
-``--device cuda`` also times the batched path on the GPU (views built where they are trained on).
+The three are timed in interleaved rounds after untimed warm-up rounds (the steady state a
+loader worker runs in). ``--device cuda`` also times the batched path on the GPU (views built
+where they are trained on). ``python -m benchmarks.augment_speed --per-op`` times each
+RandAugment operation alone on one image, sslzoo's CPU route against PIL.
 """
 from __future__ import annotations
 

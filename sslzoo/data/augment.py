@@ -392,6 +392,7 @@ def randaugment(x: Tensor, params: dict[str, Any]) -> Tensor:
 
 def _randaugment_per_image(x: Tensor, params: dict[str, Any]) -> Tensor:
     ops, mags = params["ops"].tolist(), params["mags"].tolist()      # CPU parameters: host numbers, no device read
+    x = x.contiguous()                                                # the per-image operations view their planes flat
     out = torch.empty_like(x)
     for i, (row, magnitudes) in enumerate(zip(ops, mags)):
         img = x[i]

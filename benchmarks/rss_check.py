@@ -14,7 +14,9 @@ B = 16 by default, mu = 1, evaluation of the 2,000 test images in chunks of 64 a
     the training process (VmHWM) and the peak sum over it and its worker;
   * the same run driven stage by stage in one process (no worker), with the resident set after
     each stage: what importing torch, preparing the data, building the model, the training
-    steps and the evaluation each add. The data's share is the "prepare" and "setup" lines.
+    steps and the evaluation each add. The data's share is the "prepare" and "setup" lines;
+  * the reference point: the backbone alone, forward + backward on a random batch of the step's
+    shape in a fresh process (no trainer, no data): what the network itself needs.
 """
 from __future__ import annotations
 
@@ -155,6 +157,24 @@ def stages(out: Path, batch_size: int = 16, amp: str = "off") -> list[tuple[str,
     return report
 
 
+def bare_step(batch_size: int = 16, amp: str = "off") -> list[tuple[str, dict[str, float]]]:
+    """The reference point: the same backbone's forward + backward on a random batch of the step's
+    shape (B labeled + 2 x B unlabeled views, 224 px), no trainer, no data; resident memory after each."""
+    import torch
+
+    from sslzoo.models.smallcnn import smallcnn
+    report = [("torch imported", _rss())]
+    run = run_settings(batch_size, amp)
+    model = smallcnn(200, width=run["backbone"]["width"])
+    x = torch.randn(3 * batch_size, 3, SIDE, SIDE)
+    report.append(("backbone and a random float batch", _rss()))
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp == "bf16"):
+        logits, _ = model(x)
+    logits.float().sum().backward()
+    report.append(("forward + backward", _rss()))
+    return report
+
+
 def measure(out: Path, batch_size: int = 16, amp: str = "off") -> dict[str, Any]:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "sslzoo", "train", "--plugin", str(Path(__file__).resolve()),
@@ -187,8 +207,13 @@ def main() -> int:
                    help="autocast of the run (off: float32, the CPU default; bf16: the CUDA default)")
     p.add_argument("--json", default=None, help="also write the result here")
     p.add_argument("--stages-only", action="store_true", help=argparse.SUPPRESS)   # the in-process probe
+    p.add_argument("--bare-only", action="store_true", help=argparse.SUPPRESS)     # the network alone
     args = p.parse_args()
     os.environ["SSLZOO_RSS_IMAGES"] = str(args.images)
+    if args.bare_only:
+        os.environ["OMP_NUM_THREADS"] = "1"
+        print(json.dumps(bare_step(args.batch_size, args.amp)))
+        return 0
     if args.stages_only:
         os.environ["OMP_NUM_THREADS"] = "1"
         with tempfile.TemporaryDirectory(prefix="sslzoo-rss-") as tmp:
@@ -206,10 +231,17 @@ def main() -> int:
                             str(args.images), "--batch-size", str(args.batch_size), "--amp", args.amp], capture_output=True, text=True, check=True,
                            env={**os.environ, "OMP_NUM_THREADS": "1"}, cwd=Path(__file__).resolve().parent.parent)
     result["stages"] = json.loads(probe.stdout.strip().splitlines()[-1])
+    bare = subprocess.run([sys.executable, "-m", "benchmarks.rss_check", "--bare-only", "--batch-size",
+                           str(args.batch_size), "--amp", args.amp], capture_output=True, text=True, check=True,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"}, cwd=Path(__file__).resolve().parent.parent)
+    result["bare_network_step"] = json.loads(bare.stdout.strip().splitlines()[-1])
     result.update(cache_gb=size_gb, images=args.images, batch_size=args.batch_size, amp=args.amp)
     print("resident memory after each stage, one process (GB: now / peak so far / anonymous / mapped files):")
     for name, r in result["stages"]:
         print(f"  {name:<50} {r['VmRSS']:.2f} / {r['VmHWM']:.2f} / {r['RssAnon']:.2f} / {r['RssFile']:.2f}")
+    print("the backbone alone on a random batch of the step's shape (GB: now / peak so far):")
+    for name, r in result["bare_network_step"]:
+        print(f"  {name:<50} {r['VmRSS']:.2f} / {r['VmHWM']:.2f}")
     print(f"peak RSS of the training process: {result['main_peak_rss_gb']:.2f} GB; of it and its loader "
           f"workers together: {result['tree_peak_rss_gb']:.2f} GB ({result['tree_peak_file_backed_gb']:.2f} GB "
           f"mapped file pages, {result['tree_peak_anonymous_gb']:.2f} GB anonymous), on a {size_gb:.2f} GB cache")

@@ -175,3 +175,10 @@ def test_rss_check_runs_what_it_reports(amp):
         k: v for k, v in run.items() if k not in ("backbone", "amp")}
     assert cfg["amp"] == amp or (amp == "off" and cfg["amp"] is False)   # YAML reads --set amp=off as false
     assert cfg["backbone"]["name"] == "smallcnn" and cfg["backbone"]["width"] == 16
+
+
+def test_rss_check_reference_point_is_the_bare_network_step():
+    from sslzoo.benchmarks.rss_check import bare_step
+    report = bare_step(batch_size=1)
+    assert [name for name, _ in report] == ["torch imported", "backbone and a random float batch", "forward + backward"]
+    assert all(r["VmHWM"] >= r["VmRSS"] > 0 for _, r in report)

@@ -53,14 +53,13 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from sslzoo.algorithm import (Batch, ForwardOutput, PolicyInput, SSLAlgorithm, StepContext, StepOutput,
                               masked_ce, pseudo_label_stats, supervised_ce)
-from sslzoo.errors import SSLZooError
 from sslzoo.registry import register_algorithm
 
-from .remixmatch import DistributionAlignment
+from .remixmatch import optional_alignment
 from .simmatch import ProjectionHeadMixin, full_precision, project
 
 
@@ -146,8 +145,6 @@ class CoMatch(ProjectionHeadMixin, SSLAlgorithm):
         super().__init__(num_classes, policy)
         if temperature <= 0:
             raise ValueError(f"temperature must be > 0; got {temperature}")
-        if int(proj_dim) < 1:
-            raise ValueError(f"proj_dim (projection width) must be >= 1; got {proj_dim}")
         if not 0.0 <= smoothing_alpha <= 1.0:
             raise ValueError(f"smoothing_alpha is a weight in [0, 1]; got {smoothing_alpha}")
         if not 0.0 <= contrast_threshold <= 1.0:
@@ -155,17 +152,14 @@ class CoMatch(ProjectionHeadMixin, SSLAlgorithm):
                              f"[0, 1]; got {contrast_threshold}")
         if int(queue_batch) < 1:
             raise ValueError(f"queue_batch (steps held in the memory queue) must be >= 1; got {queue_batch}")
-        if int(da_window) < 0:
-            raise ValueError(f"da_window (steps in the distribution-alignment mean; 0 = off) must be >= 0; "
-                             f"got {da_window}")
         if unsup_norm not in ("batch", "subset"):
             raise ValueError(f"unsup_norm must be 'batch' or 'subset'; got {unsup_norm!r}")
         self.lambda_u, self.lambda_c, self.temperature = lambda_u, lambda_c, float(temperature)
-        self.proj_dim, self.smoothing_alpha = int(proj_dim), float(smoothing_alpha)
+        self.init_projection(proj_dim)
+        self.smoothing_alpha = float(smoothing_alpha)
         self.contrast_threshold, self.queue_batch = float(contrast_threshold), int(queue_batch)
         self.unsup_norm = unsup_norm
-        self.da = DistributionAlignment(num_classes, int(da_window)) if int(da_window) > 0 else None
-        self._modules_dict = nn.ModuleDict()
+        self.da = optional_alignment(num_classes, da_window)
         self.device = torch.device("cpu")
         self.queue: MemoryQueue | None = None   # sized at the first step from the batch shapes
 
@@ -186,12 +180,6 @@ class CoMatch(ProjectionHeadMixin, SSLAlgorithm):
             self.queue = MemoryQueue.from_state(state["queue"], self.device)
 
     # -- the step -----------------------------------------------------------------------
-    def _head(self) -> nn.Module:
-        if "proj" not in self._modules_dict:
-            raise SSLZooError("CoMatch's projection head is built by bind_backbone(feature_dim), which the "
-                              "trainer calls before training; call it before step()/losses().")
-        return self._modules_dict["proj"]
-
     def losses(self, out: ForwardOutput, batch: Batch, ctx: StepContext) -> StepOutput:
         head = self._head()
         sup, sup_per_sample = supervised_ce(out.logits_l, batch.y_l)

@@ -145,6 +145,15 @@ def rotate_batch(x: Tensor, quarter_turns: Tensor) -> Tensor:
     return out
 
 
+def optional_alignment(num_classes: int, da_window: int) -> DistributionAlignment | None:
+    """The uniform-target alignment over the last ``da_window`` steps of SimMatch/CoMatch, or None
+    for ``da_window=0`` (off)."""
+    if int(da_window) < 0:
+        raise ValueError(f"da_window (steps in the distribution-alignment mean; 0 = off) must be >= 0; "
+                         f"got {da_window}")
+    return DistributionAlignment(num_classes, int(da_window)) if int(da_window) > 0 else None
+
+
 @register_algorithm("remixmatch")
 class ReMixMatch(SSLAlgorithm):
     """ReMixMatch: aligned, sharpened weak guesses anchor K strong views; MixUp; rotation head."""

@@ -70,7 +70,7 @@ from sslzoo.errors import SSLZooError
 from sslzoo.mixup import frozen_bn_stats, train_mode
 from sslzoo.registry import register_algorithm
 
-from .remixmatch import DistributionAlignment
+from .remixmatch import optional_alignment
 
 
 # -- shared with CoMatch ----------------------------------------------------------------
@@ -92,10 +92,22 @@ def project(head: nn.Module, feats: Tensor) -> Tensor:
 class ProjectionHeadMixin:
     """The hooks of an algorithm with one trainable projection MLP (SimMatch, CoMatch): it is sized by
     the backbone's feature width (``bind_backbone``) and saved and trained with the model
-    (``extra_modules``). Expects ``self.proj_dim`` and ``self._modules_dict`` (an ``nn.ModuleDict``)."""
+    (``extra_modules``). ``init_projection`` is called from the algorithm's ``__init__``."""
 
     proj_dim: int
     _modules_dict: nn.ModuleDict
+
+    def init_projection(self, proj_dim: int) -> None:
+        """Record the head's output width (checked) and an empty module dict until ``bind_backbone``."""
+        if int(proj_dim) < 1:
+            raise ValueError(f"proj_dim (projection width) must be >= 1; got {proj_dim}")
+        self.proj_dim, self._modules_dict = int(proj_dim), nn.ModuleDict()
+
+    def _head(self) -> nn.Module:
+        if "proj" not in self._modules_dict:
+            raise SSLZooError(f"{type(self).__name__}'s projection head is built by bind_backbone(feature_dim), "
+                              "which the trainer calls before training; call it before step()/losses().")
+        return self._modules_dict["proj"]
 
     def bind_backbone(self, feature_dim: int | None) -> None:
         if feature_dim is None:
@@ -201,16 +213,11 @@ class SimMatch(ProjectionHeadMixin, SSLAlgorithm):
         super().__init__(num_classes, policy)
         if temperature <= 0:
             raise ValueError(f"temperature must be > 0; got {temperature}")
-        if int(proj_dim) < 1:
-            raise ValueError(f"proj_dim (projection width) must be >= 1; got {proj_dim}")
         if not 0.0 <= smoothing_alpha <= 1.0:
             raise ValueError(f"smoothing_alpha is a weight in [0, 1]; got {smoothing_alpha}")
         if aggregation not in ("smooth", "product"):
             raise ValueError(f"aggregation must be 'smooth' (official code, USB) or 'product' (the paper); "
                              f"got {aggregation!r}")
-        if int(da_window) < 0:
-            raise ValueError(f"da_window (steps in the distribution-alignment mean; 0 = off) must be >= 0; "
-                             f"got {da_window}")
         if bank_source not in ("train", "ema"):
             raise ValueError(f"bank_source must be 'train' (the training model) or 'ema' (the EMA model); "
                              f"got {bank_source!r}")
@@ -221,11 +228,11 @@ class SimMatch(ProjectionHeadMixin, SSLAlgorithm):
         if unsup_norm not in ("batch", "subset"):
             raise ValueError(f"unsup_norm must be 'batch' or 'subset'; got {unsup_norm!r}")
         self.lambda_u, self.lambda_in, self.temperature = lambda_u, lambda_in, float(temperature)
-        self.proj_dim, self.smoothing_alpha, self.aggregation = int(proj_dim), float(smoothing_alpha), aggregation
+        self.init_projection(proj_dim)
+        self.smoothing_alpha, self.aggregation = float(smoothing_alpha), aggregation
         self.bank_source, self.bank_momentum = bank_source, float(bank_momentum)
         self.warmup_epochs, self.unsup_norm = int(warmup_epochs), unsup_norm
-        self.da = DistributionAlignment(num_classes, int(da_window)) if int(da_window) > 0 else None
-        self._modules_dict = nn.ModuleDict()
+        self.da = optional_alignment(num_classes, da_window)
         self.device = torch.device("cpu")
         self.bank: Tensor | None = None                          # [K, proj_dim] unit rows
         self.bank_labels: Tensor | None = None                   # [K]
@@ -265,12 +272,6 @@ class SimMatch(ProjectionHeadMixin, SSLAlgorithm):
                 setattr(self, key, state[key].to(self.device).clone())
 
     # -- the step -----------------------------------------------------------------------
-    def _head(self) -> nn.Module:
-        if "proj" not in self._modules_dict:
-            raise SSLZooError("SimMatch's projection head is built by bind_backbone(feature_dim), which the "
-                              "trainer calls before training; call it before step()/losses().")
-        return self._modules_dict["proj"]
-
     @torch.no_grad()
     def _bank_features(self, out: ForwardOutput, batch: Batch, ctx: StepContext, head: nn.Module) -> Tensor:
         if self.bank_source == "train":

@@ -359,3 +359,11 @@ def test_two_process_gloo_run_ends_with_the_same_bank_on_every_rank(tmp_path):
     assert torch.allclose(ranks[0]["bank"].norm(dim=1), torch.ones(TINY["labels"]))
     assert bool(ranks[0]["labels_read"]) and bool(ranks[1]["labels_read"])
     assert torch.bincount(ranks[0]["bank_labels"], minlength=7).tolist() == [TINY["labels"] // 7] * 7
+
+
+def test_an_unbound_projection_head_is_a_clear_error_naming_the_algorithm():
+    from sslzoo.algorithms.comatch import CoMatch
+    for cls in (SimMatch, CoMatch):
+        algo = cls(3, RecordingPolicy())
+        with pytest.raises(SSLZooError, match=f"{cls.__name__}'s projection head is built by bind_backbone"):
+            algo._head()

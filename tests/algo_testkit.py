@@ -55,3 +55,29 @@ def run_metrics(cfg) -> dict:
 def comparable(history: list[dict]) -> list[dict]:
     """Everything an epoch entry records except timings."""
     return [{k: v for k, v in e.items() if k not in ("time_s", "img_per_s")} for e in history]
+
+
+def bound(algo, feature_dim: int, num_unlabeled: int = 10, num_labeled: int = 6):
+    """``algo`` as the trainer hands it over: its extra modules sized (``bind_backbone``), set up on the CPU."""
+    algo.bind_backbone(feature_dim)
+    algo.setup(num_unlabeled, torch.device("cpu"), num_labeled=num_labeled)
+    return algo
+
+
+def train_two_processes(config: Path, out: Path, dump: Path | None = None, plugin: Path | None = None):
+    """``sslzoo train --config CONFIG`` as a real two-process gloo run (torchrun, one thread each);
+    with ``dump``, every rank writes its final algorithm state there (``SSLZOO_DUMP_STATE``)."""
+    import os
+    import subprocess
+    import sys
+    repo = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": f"{repo}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    if dump is not None:
+        env["SSLZOO_DUMP_STATE"] = str(dump)
+    plugin_args = ["--plugin", str(plugin)] if plugin is not None else []
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                           "-m", "sslzoo", "train", *plugin_args, "--config", str(config), "--out", str(out)],
+                          env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc

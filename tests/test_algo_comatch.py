@@ -7,10 +7,6 @@ from __future__ import annotations
 import copy
 import json
 import math
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -31,10 +27,8 @@ from sslzoo.algorithms.simmatch import project
 from sslzoo.errors import SSLZooError
 from sslzoo.policies import build_policy
 from sslzoo.trainer import build_algorithm, train
-from tests.algo_testkit import RecordingPolicy, forbid_host_reads
+from tests.algo_testkit import RecordingPolicy, bound, forbid_host_reads, train_two_processes
 from tests.conftest import TINY, TinyNet
-
-REPO = Path(__file__).resolve().parent.parent
 
 
 def ctx(step=0) -> StepContext:
@@ -124,10 +118,7 @@ def _batch(seed=1, n=4):
 
 def _algo(policy=None, **kw):
     torch.manual_seed(0)
-    algo = CoMatch(3, policy if policy is not None else RecordingPolicy(), **kw)
-    algo.bind_backbone(TinyNet().feature_dim)
-    algo.setup(10, torch.device("cpu"), num_labeled=6)
-    return algo
+    return bound(CoMatch(3, policy if policy is not None else RecordingPolicy(), **kw), TinyNet().feature_dim)
 
 
 def test_queue_holds_queue_batch_steps_and_smoothing_starts_when_it_is_full():
@@ -277,13 +268,7 @@ def test_two_process_gloo_run_ends_with_the_same_queue_on_every_rank(tmp_path):
     config.write_text(yaml.safe_dump({**TINY, "algo": "comatch", "policy": "fixed:0.3", "epochs": 2,
                                       "iters_per_epoch": 2, "device": "cpu", "comatch": {"queue_batch": 3}}))
     out, dump = tmp_path / "run", tmp_path / "dump"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "SSLZOO_DUMP_STATE": str(dump),
-           "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-    proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-         "-m", "sslzoo", "train", "--config", str(config), "--out", str(out)],
-        env=env, capture_output=True, text=True, timeout=240)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+    train_two_processes(config, out, dump)
     ranks = [checkpoint.load(dump / f"rank{k}.pt")["algorithm"] for k in (0, 1)]
     for key in ("feats", "probs", "ptr", "full"):
         assert torch.equal(ranks[0]["queue"][key], ranks[1]["queue"][key]), f"queue.{key} differs between ranks"

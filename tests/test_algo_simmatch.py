@@ -6,10 +6,6 @@ from __future__ import annotations
 import copy
 import json
 import math
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -33,10 +29,8 @@ from sslzoo.distributed import DistContext
 from sslzoo.errors import SSLZooError
 from sslzoo.policies import build_policy
 from sslzoo.trainer import build_algorithm, train
-from tests.algo_testkit import RecordingPolicy, forbid_host_reads
+from tests.algo_testkit import RecordingPolicy, bound, forbid_host_reads, train_two_processes
 from tests.conftest import TINY, TinyNet
-
-REPO = Path(__file__).resolve().parent.parent
 
 
 def ctx(epoch=0, step=0, model=None, ema=None) -> StepContext:
@@ -124,10 +118,7 @@ def _batch(n=4, pool=6):
 
 def _algo(policy=None, **kw):
     torch.manual_seed(0)
-    algo = SimMatch(3, policy if policy is not None else RecordingPolicy(), **kw)
-    algo.bind_backbone(TinyNet().feature_dim)
-    algo.setup(10, torch.device("cpu"), num_labeled=6)
-    return algo
+    return bound(SimMatch(3, policy if policy is not None else RecordingPolicy(), **kw), TinyNet().feature_dim)
 
 
 def test_setup_builds_a_unit_bank_from_the_global_generator():
@@ -343,13 +334,7 @@ def test_two_process_gloo_run_ends_with_the_same_bank_on_every_rank(tmp_path):
     config.write_text(yaml.safe_dump({**TINY, "algo": "simmatch", "policy": "fixed:0.3", "epochs": 2,
                                       "iters_per_epoch": 2, "device": "cpu"}))
     out, dump = tmp_path / "run", tmp_path / "dump"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "SSLZOO_DUMP_STATE": str(dump),
-           "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-    proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-         "-m", "sslzoo", "train", "--config", str(config), "--out", str(out)],
-        env=env, capture_output=True, text=True, timeout=240)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+    train_two_processes(config, out, dump)
     ranks = [checkpoint.load(dump / f"rank{k}.pt")["algorithm"] for k in (0, 1)]
     for key in ("bank", "bank_labels"):
         assert torch.equal(ranks[0][key], ranks[1][key]), f"{key} differs between ranks"

@@ -4,7 +4,6 @@ from __future__ import annotations
 import copy
 import json
 import math
-from pathlib import Path
 
 import pytest
 import torch
@@ -23,7 +22,7 @@ from sslzoo.algorithms.vat import (
 )
 from sslzoo.mixup import frozen_bn_stats
 from sslzoo.trainer import train
-from tests.algo_testkit import comparable, forbid_host_reads, run_metrics
+from tests.algo_testkit import comparable, forbid_host_reads, run_metrics, train_two_processes
 from tests.conftest import TinyNet
 
 
@@ -325,23 +324,13 @@ def test_resume_continues_exactly(tiny, tmp_path):
 def test_two_process_gloo_run_agrees_across_ranks(tmp_path):
     """Two DDP forwards with gradient per step (the trainer's and the adversarial one) plus a power
     iteration on the unwrapped module: the run completes and every rank ends with the same weights."""
-    import os
-    import subprocess
-    import sys
-
     import yaml
 
     from tests.conftest import TINY
-    repo = Path(__file__).resolve().parents[1]
     config = tmp_path / "ddp.yaml"
     config.write_text(yaml.safe_dump({**TINY, "algo": "vat", "device": "cpu"}))
     out, dump = tmp_path / "run", tmp_path / "dump"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "SSLZOO_DUMP_STATE": str(dump),
-           "PYTHONPATH": f"{repo}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                           "-m", "sslzoo", "train", "--config", str(config), "--out", str(out)],
-                          env=env, capture_output=True, text=True, timeout=240)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+    train_two_processes(config, out, dump)
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["status"] == "finished" and metrics["world_size"] == 2
     assert all(math.isfinite(v) for v in metrics["history"][-1]["losses"].values())

@@ -132,23 +132,15 @@ def test_ties_keep_the_first_epoch_as_metrics_json_does(tmp_path, monkeypatch):
 
 
 def test_under_ddp_rank_0_alone_writes_them(tmp_path):
-    import os
-    import subprocess
-    import sys
-
     import yaml
 
+    from tests.algo_testkit import train_two_processes
     from tests.conftest import TINY
-    repo = Path(__file__).resolve().parent.parent
     config = tmp_path / "ddp.yaml"
     config.write_text(yaml.safe_dump({**TINY, "algo": "fixmatch", "epochs": 2, "device": "cpu", "val_per_class": 2,
                                       "save_best_test": True}))
     out = tmp_path / "run"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": f"{repo}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                           "-m", "sslzoo", "train", "--config", str(config), "--out", str(out)],
-                          env=env, capture_output=True, text=True, timeout=240)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+    train_two_processes(config, out)
     assert sorted(p.name for p in out.iterdir()) == ["best_test.pt", "best_val.pt", "checkpoint.pt", "config.yaml",
                                                     "metrics.json", "split.json"]
     metrics = json.loads((out / "metrics.json").read_text())

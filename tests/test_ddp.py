@@ -8,10 +8,7 @@ gradients are averaged, and the algorithm's own trainable head is averaged too.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -22,9 +19,8 @@ from sslzoo.distributed import DistContext
 from sslzoo.errors import SSLZooError
 from sslzoo.registry import ALGORITHMS, load_plugin
 from sslzoo.trainer import train
+from tests.algo_testkit import train_two_processes
 from tests.conftest import TINY
-
-REPO = Path(__file__).resolve().parent.parent
 
 # Ada-CM plus a toy auxiliary head owned by the algorithm (outside the DDP-wrapped backbone),
 # so the run also covers the trainer's gradient averaging of algorithm modules.
@@ -63,13 +59,7 @@ def test_two_process_gloo_run_agrees_across_ranks(tmp_path, monkeypatch):
                 "device": "cpu", "backbone": {"name": "smallcnn", "width": 8}}
     config.write_text(yaml.safe_dump(settings))
     out, dump = tmp_path / "run", tmp_path / "dump"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "SSLZOO_DUMP_STATE": str(dump),
-           "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-    proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-         "-m", "sslzoo", "train", "--plugin", str(plugin), "--config", str(config), "--out", str(out)],
-        env=env, capture_output=True, text=True, timeout=240)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+    proc = train_two_processes(config, out, dump, plugin=plugin)
 
     # one set of outputs, written by rank 0; one report on stdout
     assert sorted(p.name for p in out.iterdir()) == ["checkpoint.pt", "config.yaml", "metrics.json", "split.json"]

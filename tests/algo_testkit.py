@@ -81,3 +81,17 @@ def train_two_processes(config: Path, out: Path, dump: Path | None = None, plugi
                           env=env, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return proc
+
+
+def straight_and_resumed(tmp_path: Path, **settings):
+    """The same tiny run twice: straight through (``tmp_path/full``), and stopped after its first
+    epoch then resumed (``tmp_path/split``). Returns both results and both final algorithm states."""
+    from sslzoo import checkpoint
+    from sslzoo.trainer import train
+    from tests.conftest import tiny_config
+    full_cfg, split_cfg = tiny_config(tmp_path / "full", **settings), tiny_config(tmp_path / "split", **settings)
+    full = train(full_cfg)
+    assert train(split_cfg, stop_after_epoch=1)["status"] == "interrupted"
+    resumed = train(split_cfg, resume=True)
+    states = [checkpoint.load(Path(c["out"]) / "checkpoint.pt")["algorithm"] for c in (full_cfg, split_cfg)]
+    return full, resumed, states[0], states[1]

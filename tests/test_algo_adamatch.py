@@ -9,7 +9,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from sslzoo import checkpoint
 from sslzoo.algorithm import Batch, ForwardOutput, PolicyInput, StepContext
 from sslzoo.algorithms.adamatch import (
     AdaMatch,
@@ -24,7 +23,7 @@ from sslzoo.policies import build_policy
 from sslzoo.policies.relative import RelativeThreshold
 from sslzoo.policy import ThresholdPolicy
 from sslzoo.trainer import train
-from tests.algo_testkit import run_metrics
+from tests.algo_testkit import run_metrics, straight_and_resumed
 from tests.conftest import TinyNet
 
 CTX = StepContext(epoch=0, iteration=0, step=0, total_steps=10, iters_per_epoch=10, num_classes=2)
@@ -307,15 +306,9 @@ def test_one_epoch_smoke_is_finite_and_reproducible(tiny, tmp_path):
     assert strip(runs[0]) == strip(runs[1])
 
 
-def test_exact_resume_restores_the_alignment(tiny, tmp_path):
-    common = dict(algo="adamatch", epochs=2, iters_per_epoch=2)
-    full = train(tiny(tmp_path / "full", **common))
-    cfg = tiny(tmp_path / "split", **common)
-    assert train(cfg, stop_after_epoch=1)["status"] == "interrupted"
-    resumed = train(cfg, resume=True)
+def test_exact_resume_restores_the_alignment(tmp_path):
+    full, resumed, a, b = straight_and_resumed(tmp_path, algo="adamatch", epochs=2, iters_per_epoch=2)
     assert [e["losses"] for e in resumed["history"]] == [e["losses"] for e in full["history"]]
-    a = checkpoint.load(tmp_path / "full" / "run" / "checkpoint.pt")["algorithm"]
-    b = checkpoint.load(tmp_path / "split" / "run" / "checkpoint.pt")["algorithm"]
     assert bool(a["da"]["started"])
     for key in ("p_model", "p_target"):
         assert torch.equal(a["da"][key], b["da"][key])

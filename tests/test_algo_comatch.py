@@ -27,7 +27,7 @@ from sslzoo.algorithms.simmatch import project
 from sslzoo.errors import SSLZooError
 from sslzoo.policies import build_policy
 from sslzoo.trainer import build_algorithm, train
-from tests.algo_testkit import RecordingPolicy, bound, forbid_host_reads, train_two_processes
+from tests.algo_testkit import RecordingPolicy, bound, forbid_host_reads, straight_and_resumed, train_two_processes
 from tests.conftest import TINY, TinyNet
 
 
@@ -244,16 +244,11 @@ def test_one_epoch_smoke(tiny, tmp_path):
     assert entry["stats"]["graph_edges"] >= 1.0
 
 
-def test_two_epochs_equal_one_epoch_resume_one_epoch(tiny, tmp_path):
-    common = dict(algo="comatch", epochs=2, policy="fixed:0.3", comatch={"queue_batch": 2})
-    full = train(tiny(tmp_path / "full", **common))
-    cfg = tiny(tmp_path / "split", **common)
-    assert train(cfg, stop_after_epoch=1)["status"] == "interrupted"
-    resumed = train(cfg, resume=True)
+def test_two_epochs_equal_one_epoch_resume_one_epoch(tmp_path):
+    full, resumed, a, b = straight_and_resumed(tmp_path, algo="comatch", epochs=2, policy="fixed:0.3",
+                                               comatch={"queue_batch": 2})
     assert [e["losses"] for e in resumed["history"]] == [e["losses"] for e in full["history"]]
     assert [e["stats"] for e in resumed["history"]] == [e["stats"] for e in full["history"]]
-    a = checkpoint.load(tmp_path / "full" / "run" / "checkpoint.pt")["algorithm"]
-    b = checkpoint.load(tmp_path / "split" / "run" / "checkpoint.pt")["algorithm"]
     per_step = TINY["batch_size"] * (1 + TINY["mu"])
     assert a["queue"]["feats"].shape[0] == 2 * per_step and bool(a["queue"]["full"])
     assert a["queue"]["ptr"].item() == (2 * TINY["iters_per_epoch"] * per_step) % (2 * per_step)

@@ -5,13 +5,11 @@ from __future__ import annotations
 import copy
 import json
 import math
-from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from sslzoo import checkpoint
 from sslzoo.algorithm import Batch, StepContext
 from sslzoo.algorithms.marginmix import (
     ClassCentroids,
@@ -24,7 +22,7 @@ from sslzoo.algorithms.mixmatch import MixMatch, guess_labels, probs_mse, soft_c
 from sslzoo.distributed import DistContext
 from sslzoo.mixup import mix, sample_lambda, sharpen
 from sslzoo.trainer import build_algorithm, train
-from tests.algo_testkit import comparable
+from tests.algo_testkit import comparable, straight_and_resumed
 from tests.conftest import TinyNet, tiny_config
 
 OFF = {"centroid_weight": 0.0, "lambda_margin": 0.0}
@@ -310,14 +308,11 @@ def test_one_epoch_smoke_is_finite_and_deterministic(tmp_path):
 
 
 def test_stop_after_an_epoch_then_resume_equals_the_straight_run(tmp_path):
-    straight = tiny_config(tmp_path / "straight", algo="marginmix", epochs=2)
-    train(straight)
-    split = tiny_config(tmp_path / "split", algo="marginmix", epochs=2)
-    assert train(split, stop_after_epoch=1)["status"] == "interrupted"
-    train(split, resume=True)
-    a, b = (json.loads((Path(c["out"]) / "metrics.json").read_text()) for c in (straight, split))
-    assert comparable(a["history"]) == comparable(b["history"])
-    sa, sb = (checkpoint.load(Path(c["out"]) / "checkpoint.pt")["algorithm"]["centroids"] for c in (straight, split))
+    _, _, a, b = straight_and_resumed(tmp_path, algo="marginmix", epochs=2)
+    a_metrics, b_metrics = (json.loads((tmp_path / run / "run" / "metrics.json").read_text())
+                            for run in ("full", "split"))
+    assert comparable(a_metrics["history"]) == comparable(b_metrics["history"])
+    sa, sb = a["centroids"], b["centroids"]
     assert sa.keys() == {"centroids", "ready", "sums", "counts"}
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
     assert bool(sa["ready"].any())                        # epoch 2 used centroids promoted from epoch 1

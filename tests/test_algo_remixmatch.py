@@ -9,12 +9,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from sslzoo import checkpoint
 from sslzoo.algorithm import Batch, EpochContext, StepContext
 from sslzoo.algorithms.remixmatch import DistributionAlignment, ReMixMatch, rotate_batch
 from sslzoo.distributed import DistContext
 from sslzoo.mixup import mix, sample_lambda
-from sslzoo.trainer import train
+from tests.algo_testkit import straight_and_resumed
 from tests.conftest import TinyNet
 
 Tiny = TinyNet
@@ -170,18 +169,12 @@ def test_state_dict_round_trip():
     assert torch.allclose(fresh.da.align(p), algo.da.align(p))
 
 
-def test_one_epoch_smoke_and_exact_resume(tiny, tmp_path):
-    common = dict(algo="remixmatch", epochs=2, iters_per_epoch=1)
-    full = train(tiny(tmp_path / "full", **common))
+def test_one_epoch_smoke_and_exact_resume(tmp_path):
+    full, resumed, a, b = straight_and_resumed(tmp_path, algo="remixmatch", epochs=2, iters_per_epoch=1)
     assert full["status"] == "finished"
     losses = full["history"][-1]["losses"]
     assert {"sup", "unsup", "anchor", "rot"} <= set(losses) and all(math.isfinite(v) for v in losses.values())
-    cfg = tiny(tmp_path / "split", **common)
-    assert train(cfg, stop_after_epoch=1)["status"] == "interrupted"
-    resumed = train(cfg, resume=True)
     assert [e["losses"] for e in resumed["history"]] == [e["losses"] for e in full["history"]]
-    a = checkpoint.load(tmp_path / "full" / "run" / "checkpoint.pt")["algorithm"]
-    b = checkpoint.load(tmp_path / "split" / "run" / "checkpoint.pt")["algorithm"]
     assert int(a["da"]["count"]) == 2 and bool(a["da"]["target_set"])
     for key in ("history", "p_target"):
         assert torch.equal(a["da"][key], b["da"][key])

@@ -29,7 +29,7 @@ from sslzoo.distributed import DistContext
 from sslzoo.errors import SSLZooError
 from sslzoo.policies import build_policy
 from sslzoo.trainer import build_algorithm, train
-from tests.algo_testkit import RecordingPolicy, bound, forbid_host_reads, train_two_processes
+from tests.algo_testkit import RecordingPolicy, bound, forbid_host_reads, straight_and_resumed, train_two_processes
 from tests.conftest import TINY, TinyNet
 
 
@@ -309,17 +309,11 @@ def test_one_epoch_smoke(tiny, tmp_path):
     assert losses["in"] == 0.0                                                # epoch 1 is the warm-up
 
 
-def test_two_epochs_equal_one_epoch_resume_one_epoch(tiny, tmp_path):
-    common = dict(algo="simmatch", epochs=2, policy="fixed:0.3")
-    full = train(tiny(tmp_path / "full", **common))
+def test_two_epochs_equal_one_epoch_resume_one_epoch(tmp_path):
+    full, resumed, a, b = straight_and_resumed(tmp_path, algo="simmatch", epochs=2, policy="fixed:0.3")
     assert full["history"][1]["losses"]["in"] > 0                             # propagation in epoch 2
-    cfg = tiny(tmp_path / "split", **common)
-    assert train(cfg, stop_after_epoch=1)["status"] == "interrupted"
-    resumed = train(cfg, resume=True)
     assert [e["losses"] for e in resumed["history"]] == [e["losses"] for e in full["history"]]
     assert [e["test_acc"] for e in resumed["history"]] == [e["test_acc"] for e in full["history"]]
-    a = checkpoint.load(tmp_path / "full" / "run" / "checkpoint.pt")["algorithm"]
-    b = checkpoint.load(tmp_path / "split" / "run" / "checkpoint.pt")["algorithm"]
     assert a["bank"].shape == (TINY["labels"], 128) and bool(a["labels_read"])
     for key in ("bank", "bank_labels"):
         assert torch.equal(a[key], b[key]), key

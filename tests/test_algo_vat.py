@@ -22,7 +22,7 @@ from sslzoo.algorithms.vat import (
 )
 from sslzoo.mixup import frozen_bn_stats
 from sslzoo.trainer import train
-from tests.algo_testkit import comparable, forbid_host_reads, run_metrics, train_two_processes
+from tests.algo_testkit import comparable, forbid_host_reads, run_metrics, straight_and_resumed, train_two_processes
 from tests.conftest import TinyNet
 
 
@@ -312,12 +312,9 @@ def test_one_epoch_smoke_is_finite_and_reproducible(tiny, tmp_path):
     assert comparable(runs[0]["history"]) != comparable(runs[2]["history"])   # the comparison can fail
 
 
-def test_resume_continues_exactly(tiny, tmp_path):
+def test_resume_continues_exactly(tmp_path):
     """The random starts d_0 come from the trainer's seeded, checkpointed generator."""
-    full = train(tiny(tmp_path / "full", algo="vat", epochs=2, iters_per_epoch=2))
-    cfg = tiny(tmp_path / "split", algo="vat", epochs=2, iters_per_epoch=2)
-    assert train(cfg, stop_after_epoch=1)["status"] == "interrupted"
-    resumed = train(cfg, resume=True)
+    full, resumed, _, _ = straight_and_resumed(tmp_path, algo="vat", epochs=2, iters_per_epoch=2)
     assert comparable(resumed["history"]) == comparable(full["history"])
 
 

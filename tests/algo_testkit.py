@@ -95,3 +95,15 @@ def straight_and_resumed(tmp_path: Path, **settings):
     resumed = train(split_cfg, resume=True)
     states = [checkpoint.load(Path(c["out"]) / "checkpoint.pt")["algorithm"] for c in (full_cfg, split_cfg)]
     return full, resumed, states[0], states[1]
+
+
+def runs_with_seeds(tmp_path: Path, seeds: tuple[int, ...], **settings) -> list[dict]:
+    """One finished tiny run per seed (each in its own folder); their metrics.json, in order."""
+    from sslzoo.trainer import train
+    from tests.conftest import tiny_config
+    runs = []
+    for i, seed in enumerate(seeds):
+        cfg = tiny_config(tmp_path / f"run{i}", seed=seed, **settings)
+        assert train(cfg)["status"] == "finished"
+        runs.append(run_metrics(cfg))
+    return runs

@@ -8,8 +8,7 @@ import torch
 
 from sslzoo.algorithm import Batch, ForwardOutput, StepContext
 from sslzoo.algorithms.pimodel import PiModel, pi_consistency, with_input_noise
-from sslzoo.trainer import train
-from tests.algo_testkit import comparable, run_metrics
+from tests.algo_testkit import comparable, runs_with_seeds
 from tests.conftest import TinyNet
 
 
@@ -136,12 +135,8 @@ def test_step_reads_nothing_on_the_host(monkeypatch):
     assert set(res.losses) == {"sup", "unsup"} and torch.isfinite(total)
 
 
-def test_one_epoch_smoke_is_finite_and_reproducible(tiny, tmp_path):
-    runs = []
-    for name, seed in (("a", 0), ("b", 0), ("c", 1)):
-        cfg = tiny(tmp_path / name, algo="pimodel", seed=seed)
-        assert train(cfg)["status"] == "finished"
-        runs.append(run_metrics(cfg))
+def test_one_epoch_smoke_is_finite_and_reproducible(tmp_path):
+    runs = runs_with_seeds(tmp_path, (0, 0, 1), algo="pimodel")
     entry = runs[0]["history"][-1]
     assert set(entry["losses"]) == {"total", "sup", "unsup"}
     assert all(math.isfinite(v) for v in entry["losses"].values()) and entry["losses"]["unsup"] > 0

@@ -21,8 +21,7 @@ from sslzoo.algorithms.vat import (
     unwrap,
 )
 from sslzoo.mixup import frozen_bn_stats
-from sslzoo.trainer import train
-from tests.algo_testkit import comparable, forbid_host_reads, run_metrics, straight_and_resumed, train_two_processes
+from tests.algo_testkit import comparable, forbid_host_reads, runs_with_seeds, straight_and_resumed, train_two_processes
 from tests.conftest import TinyNet
 
 
@@ -298,12 +297,8 @@ def test_step_reads_nothing_on_the_host(monkeypatch, mode):
     assert torch.isfinite(total)
 
 
-def test_one_epoch_smoke_is_finite_and_reproducible(tiny, tmp_path):
-    runs = []
-    for name, seed in (("a", 0), ("b", 0), ("c", 1)):
-        cfg = tiny(tmp_path / name, algo="vat", seed=seed)
-        assert train(cfg)["status"] == "finished"
-        runs.append(run_metrics(cfg))
+def test_one_epoch_smoke_is_finite_and_reproducible(tmp_path):
+    runs = runs_with_seeds(tmp_path, (0, 0, 1), algo="vat")
     entry = runs[0]["history"][-1]
     assert set(entry["losses"]) == {"total", "sup", "unsup", "entmin"}
     assert all(math.isfinite(v) for v in entry["losses"].values())

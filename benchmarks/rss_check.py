@@ -1,6 +1,7 @@
 """Peak memory of a short ``sslzoo train`` on a data set whose decoded cache is over 4 GB.
 
-    python -m benchmarks.rss_check [--images 27000] [--batch-size 16] [--amp off|bf16] [--json PATH]
+    python -m benchmarks.rss_check [--images 27000] [--batch-size 16] [--amp off|bf16]
+                                   [--backbone smallcnn|resnet18] [--json PATH]
 
 The data set, ``faces224``, is synthfer_faces (200 identities) drawn at 32 px and enlarged
 7x (nearest) to 224 px, written chunk by chunk into a decode-cache entry: 27,000 images =
@@ -8,7 +9,8 @@ The data set, ``faces224``, is synthfer_faces (200 identities) drawn at 32 px an
 It registers itself as a plugin, so the run reads it exactly as it reads RAF-DB or AffectNet:
 a memory-mapped ``images.npy``, a split of row indices, rows gathered per batch.
 
-Two measurements, same run (fixmatch, smallcnn of width 16, 400 labels, 1 epoch of 3 steps,
+Three measurements, same run (fixmatch, smallcnn of width 16 -- at 224 px its first convolution
+has stride 2 -- or ``--backbone resnet18``, 400 labels, 1 epoch of 3 steps,
 B = 16 by default, mu = 1, evaluation of the 2,000 test images in chunks of 64 at the end):
   * ``sslzoo train`` with one loader worker, /proc sampled every 50 ms: the peak resident set of
     the training process (VmHWM) and the peak sum over it and its worker;
@@ -107,21 +109,24 @@ def _status_kb(pid: int, field: str) -> int:
     return 0
 
 
-def run_settings(batch_size: int = 16, amp: str = "off") -> dict[str, Any]:
+BACKBONES = {"smallcnn": {"name": "smallcnn", "width": 16}, "resnet18": {"name": "resnet18"}}
+
+
+def run_settings(batch_size: int = 16, amp: str = "off", backbone: str = "smallcnn") -> dict[str, Any]:
     """The measured run's config (one place: the CLI run and the in-process probe both use it)."""
     return {"dataset": "faces224", "algo": "fixmatch", "labels": 400, "epochs": 1, "iters_per_epoch": 3,
             "batch_size": batch_size, "mu": 1, "eval_batch_size": 64, "tensorboard": False, "progress": False,
-            "backbone": {"name": "smallcnn", "width": 16}, "amp": amp}
+            "backbone": dict(BACKBONES[backbone]), "amp": amp}
 
 
 def _flags(run: dict[str, Any]) -> list[str]:
     """``run_settings()`` as ``sslzoo train`` flags."""
+    width = ["--set", f"backbone.width={run['backbone']['width']}"] if "width" in run["backbone"] else []
     return ["--dataset", run["dataset"], "--algo", run["algo"], "--labels", str(run["labels"]),
             "--epochs", str(run["epochs"]), "--iters-per-epoch", str(run["iters_per_epoch"]),
             "--batch-size", str(run["batch_size"]), "--mu", str(run["mu"]), "--backbone", run["backbone"]["name"],
-            "--set", f"eval_batch_size={run['eval_batch_size']}", "--set", "tensorboard=false",
-            "--set", f"backbone.width={run['backbone']['width']}", "--set", f"amp={run['amp']}",
-            "--set", f"progress={str(run['progress']).lower()}"]
+            "--set", f"eval_batch_size={run['eval_batch_size']}", "--set", "tensorboard=false", *width,
+            "--set", f"amp={run['amp']}", "--set", f"progress={str(run['progress']).lower()}"]
 
 
 def _rss() -> dict[str, float]:
@@ -130,7 +135,7 @@ def _rss() -> dict[str, float]:
     return {k: round(v, 3) for k, v in fields.items()}
 
 
-def stages(out: Path, batch_size: int = 16, amp: str = "off") -> list[tuple[str, dict[str, float]]]:
+def stages(out: Path, run: dict[str, Any]) -> list[tuple[str, dict[str, float]]]:
     """Resident memory after each stage of the run, driven in this process (no loader worker)."""
     report = [("python started", _rss())]
     import torch  # noqa: F401
@@ -140,7 +145,6 @@ def stages(out: Path, batch_size: int = 16, amp: str = "off") -> list[tuple[str,
     from sslzoo.meter import EpochMeter
     from sslzoo.trainer import Trainer
     report.append(("torch and sslzoo imported", _rss()))
-    run = run_settings(batch_size, amp)
     cfg = resolve([{**run, "num_workers": 0, "out": str(out)}])
     prepare(cfg)
     report.append(("data prepared (split of a 4 GB cache)", _rss()))
@@ -151,40 +155,52 @@ def stages(out: Path, batch_size: int = 16, amp: str = "off") -> list[tuple[str,
     meter = EpochMeter()
     for step in range(3):
         trainer.train_step(trainer.batch(step), step, meter)
-    report.append((f"3 training steps (B = {batch_size} + 2 x {batch_size} views, 224 px)", _rss()))
+    b = run["batch_size"]
+    report.append((f"3 training steps (B = {b} + 2 x {b} views, 224 px)", _rss()))
     trainer.evaluate(trainer.data.test)
     report.append(("2,000 test images evaluated", _rss()))
     return report
 
 
-def bare_step(batch_size: int = 16, amp: str = "off") -> list[tuple[str, dict[str, float]]]:
+def bare_step(run: dict[str, Any]) -> list[tuple[str, dict[str, float]]]:
     """The reference point: the same backbone's forward + backward on a random batch of the step's
     shape (B labeled + 2 x B unlabeled views, 224 px), no trainer, no data; resident memory after each."""
     import torch
 
-    from sslzoo.models.smallcnn import smallcnn
+    from sslzoo.models.build import build_backbone
     report = [("torch imported", _rss())]
-    run = run_settings(batch_size, amp)
-    model = smallcnn(200, width=run["backbone"]["width"])
-    x = torch.randn(3 * batch_size, 3, SIDE, SIDE)
+    model = build_backbone(run["backbone"], 200, SIDE)
+    x = torch.randn(3 * run["batch_size"], 3, SIDE, SIDE)
     report.append(("backbone and a random float batch", _rss()))
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp == "bf16"):
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=run["amp"] == "bf16"):
         logits, _ = model(x)
     logits.float().sum().backward()
     report.append(("forward + backward", _rss()))
     return report
 
 
-def measure(out: Path, batch_size: int = 16, amp: str = "off") -> dict[str, Any]:
+def _pss_kb(pid: int) -> int:
+    """Proportional set size: pages shared between the trainer and its forked workers counted once."""
+    try:
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Pss:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def measure(out: Path, run: dict[str, Any]) -> dict[str, Any]:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "sslzoo", "train", "--plugin", str(Path(__file__).resolve()),
-           *_flags(run_settings(batch_size, amp)), "--num-workers", "1", "--out", str(out), "--overwrite"]
+           *_flags(run), "--num-workers", "1", "--out", str(out), "--overwrite"]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    main_hwm = tree_peak = file_at_peak = anon_at_peak = 0
+    main_hwm = tree_peak = file_at_peak = anon_at_peak = pss_peak = 0
     while proc.poll() is None:
         main_hwm = max(main_hwm, _status_kb(proc.pid, "VmHWM"))
         pids = _tree(proc.pid)
         total = sum(_status_kb(p, "VmRSS") for p in pids)
+        pss_peak = max(pss_peak, sum(_pss_kb(p) for p in pids))
         if total > tree_peak:
             tree_peak = total
             file_at_peak = sum(_status_kb(p, "RssFile") for p in pids)
@@ -194,8 +210,18 @@ def measure(out: Path, batch_size: int = 16, amp: str = "off") -> dict[str, Any]
     if proc.returncode != 0:
         raise SystemExit(f"the training run failed (exit {proc.returncode}):\n{log[-3000:]}")
     return {"main_peak_rss_gb": main_hwm / 2 ** 20, "tree_peak_rss_gb": tree_peak / 2 ** 20,
+            "tree_peak_pss_gb": pss_peak / 2 ** 20,
             "tree_peak_file_backed_gb": file_at_peak / 2 ** 20, "tree_peak_anonymous_gb": anon_at_peak / 2 ** 20,
             "command": " ".join(cmd[2:]), "final_line": log.strip().splitlines()[-1] if log.strip() else ""}
+
+
+def _probe(flag: str, args: argparse.Namespace) -> Any:
+    """One of the in-process measurements, in a fresh interpreter (its peak is its own)."""
+    out = subprocess.run([sys.executable, "-m", "benchmarks.rss_check", flag, "--images", str(args.images),
+                          "--batch-size", str(args.batch_size), "--amp", args.amp, "--backbone", args.backbone],
+                         capture_output=True, text=True, check=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                         cwd=Path(__file__).resolve().parent.parent)
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def main() -> int:
@@ -205,19 +231,22 @@ def main() -> int:
                    help="labeled batch B (the step sees B labeled + 2 x B unlabeled views; mu = 1)")
     p.add_argument("--amp", default="off", choices=("off", "bf16"),
                    help="autocast of the run (off: float32, the CPU default; bf16: the CUDA default)")
+    p.add_argument("--backbone", default="smallcnn", choices=sorted(BACKBONES),
+                   help="smallcnn of width 16 (default) or resnet18, the paper's network")
     p.add_argument("--json", default=None, help="also write the result here")
     p.add_argument("--stages-only", action="store_true", help=argparse.SUPPRESS)   # the in-process probe
     p.add_argument("--bare-only", action="store_true", help=argparse.SUPPRESS)     # the network alone
     args = p.parse_args()
     os.environ["SSLZOO_RSS_IMAGES"] = str(args.images)
+    run = run_settings(args.batch_size, args.amp, args.backbone)
     if args.bare_only:
         os.environ["OMP_NUM_THREADS"] = "1"
-        print(json.dumps(bare_step(args.batch_size, args.amp)))
+        print(json.dumps(bare_step(run)))
         return 0
     if args.stages_only:
         os.environ["OMP_NUM_THREADS"] = "1"
         with tempfile.TemporaryDirectory(prefix="sslzoo-rss-") as tmp:
-            print(json.dumps(stages(Path(tmp) / "run", args.batch_size, args.amp)))
+            print(json.dumps(stages(Path(tmp) / "run", run)))
         return 0
     tic = time.perf_counter()
     bundle = DATASETS.get("faces224")()
@@ -226,16 +255,11 @@ def main() -> int:
     print(f"faces224: {len(bundle.train) + len(bundle.test)} images at {SIDE} px, decode cache "
           f"{size_gb:.2f} GB at {bundle.info['cache_dir']} (ready in {built_s:.0f} s)", flush=True)
     with tempfile.TemporaryDirectory(prefix="sslzoo-rss-") as tmp:
-        result = measure(Path(tmp) / "run", args.batch_size, args.amp)
-    probe = subprocess.run([sys.executable, "-m", "benchmarks.rss_check", "--stages-only", "--images",
-                            str(args.images), "--batch-size", str(args.batch_size), "--amp", args.amp], capture_output=True, text=True, check=True,
-                           env={**os.environ, "OMP_NUM_THREADS": "1"}, cwd=Path(__file__).resolve().parent.parent)
-    result["stages"] = json.loads(probe.stdout.strip().splitlines()[-1])
-    bare = subprocess.run([sys.executable, "-m", "benchmarks.rss_check", "--bare-only", "--batch-size",
-                           str(args.batch_size), "--amp", args.amp], capture_output=True, text=True, check=True,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"}, cwd=Path(__file__).resolve().parent.parent)
-    result["bare_network_step"] = json.loads(bare.stdout.strip().splitlines()[-1])
-    result.update(cache_gb=size_gb, images=args.images, batch_size=args.batch_size, amp=args.amp)
+        result = measure(Path(tmp) / "run", run)
+    result["stages"] = _probe("--stages-only", args)
+    result["bare_network_step"] = _probe("--bare-only", args)
+    result.update(cache_gb=size_gb, images=args.images, batch_size=args.batch_size, amp=args.amp,
+                  backbone=run["backbone"])
     print("resident memory after each stage, one process (GB: now / peak so far / anonymous / mapped files):")
     for name, r in result["stages"]:
         print(f"  {name:<50} {r['VmRSS']:.2f} / {r['VmHWM']:.2f} / {r['RssAnon']:.2f} / {r['RssFile']:.2f}")
@@ -244,7 +268,8 @@ def main() -> int:
         print(f"  {name:<50} {r['VmRSS']:.2f} / {r['VmHWM']:.2f}")
     print(f"peak RSS of the training process: {result['main_peak_rss_gb']:.2f} GB; of it and its loader "
           f"workers together: {result['tree_peak_rss_gb']:.2f} GB ({result['tree_peak_file_backed_gb']:.2f} GB "
-          f"mapped file pages, {result['tree_peak_anonymous_gb']:.2f} GB anonymous), on a {size_gb:.2f} GB cache")
+          f"mapped file pages, {result['tree_peak_anonymous_gb']:.2f} GB anonymous; proportional set size, "
+          f"shared pages counted once: {result['tree_peak_pss_gb']:.2f} GB), on a {size_gb:.2f} GB cache")
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=1))
     return 0

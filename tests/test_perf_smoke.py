@@ -161,24 +161,25 @@ def test_augment_per_operation_timing_covers_every_operation():
     assert all(set(r) == {"sslzoo_ms", "pil_ms"} and r["sslzoo_ms"] >= 0 and r["pil_ms"] >= 0 for r in ops.values())
 
 
-@pytest.mark.parametrize("amp", ["off", "bf16"])
-def test_rss_check_runs_what_it_reports(amp):
+@pytest.mark.parametrize("amp,backbone", [("off", "smallcnn"), ("bf16", "smallcnn"), ("off", "resnet18")])
+def test_rss_check_runs_what_it_reports(amp, backbone):
     """The memory benchmark's CLI run and its in-process probe use one config; the flags it passes to
     ``sslzoo train`` resolve to exactly that config (amp included)."""
     from sslzoo.benchmarks.rss_check import _flags, run_settings
     from sslzoo.cli import build_parser, config_layers
     from sslzoo.config import resolve
-    run = run_settings(8, amp)
+    run = run_settings(8, amp, backbone)
     args = build_parser().parse_args(["train", *_flags(run)])
     cfg = resolve(config_layers(args))
     assert {k: cfg[k] for k in run if k not in ("backbone", "amp")} == {
         k: v for k, v in run.items() if k not in ("backbone", "amp")}
     assert cfg["amp"] == amp or (amp == "off" and cfg["amp"] is False)   # YAML reads --set amp=off as false
-    assert cfg["backbone"]["name"] == "smallcnn" and cfg["backbone"]["width"] == 16
+    assert cfg["backbone"]["name"] == backbone
+    assert cfg["backbone"].get("width") == (16 if backbone == "smallcnn" else None)
 
 
 def test_rss_check_reference_point_is_the_bare_network_step():
-    from sslzoo.benchmarks.rss_check import bare_step
-    report = bare_step(batch_size=1)
+    from sslzoo.benchmarks.rss_check import bare_step, run_settings
+    report = bare_step(run_settings(batch_size=1))
     assert [name for name, _ in report] == ["torch imported", "backbone and a random float batch", "forward + backward"]
     assert all(r["VmHWM"] >= r["VmRSS"] > 0 for _, r in report)

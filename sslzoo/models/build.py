@@ -26,6 +26,9 @@ def build_backbone(cfg: dict[str, Any], num_classes: int, image_size: int) -> nn
     A pretraining recipe in ``pretrained`` must already be resolved to ``weights``
     (``sslzoo.factory.build_model`` does it: pretraining sits above the backbones).
 
+    A factory that names an ``image_size`` keyword receives the run's image size (smallcnn
+    picks its first stride from it); the config cannot set it, the data decides it.
+
     Why a warning and not an error: a data set's YAML sets options for its default backbone
     (synthfer: ``width`` for smallcnn), and one ``--set backbone.weights=...`` serves a whole
     suite whose rows mix backbones (paper/table4). Those keys must not stop a run that switches
@@ -35,6 +38,8 @@ def build_backbone(cfg: dict[str, Any], num_classes: int, image_size: int) -> nn
     factory = BACKBONES.get(name)
     accepted = accepted_options(factory)
     options = {k: v for k, v in cfg.items() if k != "name" and v is not None}
+    if accepted is not None and "image_size" in accepted:   # the factory adapts to the input size itself
+        options["image_size"] = image_size
     if name == "resnet18" and "small_input" not in options:
         options["small_input"] = image_size <= 64
     if "pretrained" in options and accepted is not None and "pretrained" not in accepted:

@@ -145,6 +145,21 @@ def test_the_crop_has_the_same_result_on_every_path(mode, size, padding):
                        A._crop_flip_gather(x, p["offsets"], p["flip"], mode))
 
 
+def test_the_cpu_crop_takes_the_route_measured_faster_for_its_size(monkeypatch):
+    """On the CPU small images are cropped by the whole-batch gather, large ones image by image
+    (both give the same pixels: the test above); on any size the CUDA-twin switch forces the gather."""
+    called = []
+    monkeypatch.setattr(A, "_crop_flip_per_image", lambda *a: called.append("per-image") or a[0])
+    monkeypatch.setattr(A, "_crop_flip_gather", lambda *a: called.append("gather") or a[0])
+    zero, no = torch.zeros(2, 2, dtype=torch.long), torch.zeros(2, dtype=torch.bool)
+    for side in (32, A.GATHER_CROP_MAX_SIDE, A.GATHER_CROP_MAX_SIDE + 1, 224):
+        A.crop_flip(images(2, side), zero, no)
+    assert called == ["gather", "gather", "per-image", "per-image"]
+    monkeypatch.setattr(A, "CPU_ROUTES", False)
+    A.crop_flip(images(2, 224), zero, no)
+    assert called[-1] == "gather"
+
+
 def test_crop_probability_leaves_the_other_images_uncropped():
     p = A.sample_weak(4000, 32, 4, 0.5, True, torch.Generator().manual_seed(0))
     moved = (p["offsets"] != 0).any(dim=1).float().mean().item()

@@ -174,3 +174,16 @@ def test_generated_data_is_listed_and_never_has_a_missing_root(tmp_path, monkeyp
     (item,) = list_items()
     assert item.kind == "decoded" and "synthfer, 84 images at 16 px generated" in item.description
     assert item.root_exists and select_for_pruning([item], missing_root=True, superseded=True) == []
+
+
+def test_decode_threads_follow_the_affinity_mask_not_the_machine(monkeypatch):
+    """Under taskset (or a bench job's share) the decoder starts no more threads than it may run."""
+    import os
+
+    from sslzoo.data import cache as cache_module
+    monkeypatch.delenv("SSLZOO_DECODE_WORKERS", raising=False)
+    monkeypatch.setattr(os, "cpu_count", lambda: 64)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2}, raising=False)
+    assert cache_module.default_workers() == 3
+    monkeypatch.setenv("SSLZOO_DECODE_WORKERS", "5")
+    assert cache_module.default_workers() == 5

@@ -60,7 +60,7 @@ BAD_IMAGE_ERRORS: tuple[type[BaseException], ...] = (
 # --------------------------------------------------------------------------- decoding
 
 def default_workers() -> int:
-    """Decode threads: ``$SSLZOO_DECODE_WORKERS`` if set, else min(8, CPU count)."""
+    """Decode threads: ``$SSLZOO_DECODE_WORKERS`` if set, else min(8, the cores this process may use)."""
     env = os.environ.get("SSLZOO_DECODE_WORKERS")
     if env:
         try:
@@ -68,7 +68,8 @@ def default_workers() -> int:
         except ValueError:
             raise SSLZooError(f"SSLZOO_DECODE_WORKERS must be a positive integer; got '{env}'.") from None
     else:
-        n = min(8, os.cpu_count() or 1)
+        from ..device import cpu_count   # here, not at the top: the cache's admin commands need no torch
+        n = min(8, cpu_count())          # the affinity mask (taskset, a bench job's share), not the machine's
     return max(1, min(MAX_WORKERS, n))
 
 

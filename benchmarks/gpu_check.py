@@ -11,6 +11,8 @@ Steps (each timed; a failing step is recorded and the next one still runs):
      fixmatch and adacm) with torch.compile off, then on; its "augment" field times the views.
   4. the README's default suite for one epoch on the GPU (pretraining its backbone there first).
 It writes OUT_DIR/gpu_check.json (and each step's own output beside it) and prints a summary.
+Each step has its own time limit, cut to what is left of a 7.5-minute budget for the whole
+check (a step with under 10 s left is recorded as not started), so the script ends within 8.
 ``GPU_CHECK_DEVICE=cpu`` runs the same steps tiny on the CPU: a dry run of the script itself.
 """
 from __future__ import annotations
@@ -18,6 +20,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import resource
 import subprocess
 import sys
 import time
@@ -27,12 +30,22 @@ from typing import Any, Callable
 
 DEVICE = os.environ.get("GPU_CHECK_DEVICE", "cuda")
 DRY = DEVICE == "cpu"
+BUDGET_S = 450                       # the whole check: 7.5 min, so the script ends within 8 on one GPU
+DEADLINE = time.monotonic() + BUDGET_S
+
+
+def remaining() -> float:
+    return DEADLINE - time.monotonic()
 
 
 def run(cmd: list[str], log: Path, timeout: int) -> dict[str, Any]:
+    """Run ``cmd`` for at most ``timeout`` seconds, and never past the check's deadline."""
+    limit = min(timeout, remaining())
+    if limit < 10:
+        raise TimeoutError(f"not started: {remaining():.0f} s of the {BUDGET_S} s budget left")
     tic = time.perf_counter()
     with open(log, "w") as f:
-        proc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, timeout=timeout)
+        proc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, timeout=limit)
     tail = log.read_text()[-1500:]
     return {"command": " ".join(cmd), "returncode": proc.returncode, "seconds": round(time.perf_counter() - tic, 1),
             "log": log.name, "tail": tail}
@@ -70,7 +83,9 @@ def sync_debug_steps(out: Path) -> dict[str, Any]:
                 torch.cuda.synchronize()
             result[algo] = {"ok": True, "views_on_device": trainer.views_on_device,
                             "amp": str(trainer.amp_dtype), "steps": 4,
-                            "seconds": round(time.perf_counter() - tic, 3)}
+                            "seconds": round(time.perf_counter() - tic, 3),
+                            # this process's host peak so far: on CUDA the activations are device memory
+                            "host_peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20, 3)}
         except Exception as exc:  # noqa: BLE001 - record which call synced
             result[algo] = {"ok": False, "error": f"{type(exc).__name__}: {exc}",
                             "where": traceback.format_exc()[-2000:]}

@@ -12,4 +12,4 @@ if ! python -c "import sslzoo" 2>/dev/null; then
   pip install --no-deps --no-build-isolation -e . > "$out/install.log" 2>&1 || { cat "$out/install.log"; exit 2; }
 fi
 nvidia-smi > "$out/nvidia-smi.txt" 2>&1 || true
-python benchmarks/gpu_check.py "$out"   # each step has its own time limit (at most 7.5 min in all)
+python benchmarks/gpu_check.py "$out"   # each step has its own limit, all within a 7.5 min budget

@@ -183,3 +183,18 @@ def test_rss_check_reference_point_is_the_bare_network_step():
     report = bare_step(run_settings(batch_size=1))
     assert [name for name, _ in report] == ["torch imported", "backbone and a random float batch", "forward + backward"]
     assert all(r["VmHWM"] >= r["VmRSS"] > 0 for _, r in report)
+
+
+def test_gpu_check_steps_never_run_past_its_budget(tmp_path, monkeypatch):
+    """Each step's limit is cut to what is left of the check's budget; with under 10 s left a step
+    is not started (recorded as an error), so the prepared check ends within its 8 minutes."""
+    import sys
+    import time
+
+    from sslzoo.benchmarks import gpu_check
+    monkeypatch.setattr(gpu_check, "DEADLINE", time.monotonic() + 60)
+    done = gpu_check.run([sys.executable, "-c", "print('hi')"], tmp_path / "ok.log", timeout=600)
+    assert done["returncode"] == 0 and "hi" in done["tail"]
+    monkeypatch.setattr(gpu_check, "DEADLINE", time.monotonic() + 5)
+    with pytest.raises(TimeoutError, match="not started"):
+        gpu_check.run([sys.executable, "-c", "print('hi')"], tmp_path / "late.log", timeout=600)

@@ -65,8 +65,8 @@ def smallcnn(num_classes: int, *, width: int = 32, dropout: float = 0.5, normali
     the stride it implies for the first convolution (weights fit either: the shapes are equal).
     """
     stride = default_stem_stride(image_size) if stem_stride is None else stem_stride
-    if stride not in (1, 2, 4):
-        raise SSLZooError(f"backbone.stem_stride={stem_stride!r}: expected 1, 2 or 4 (the first convolution's stride)")
+    if stride not in (1, 2):   # a 3x3 kernel with a larger stride would skip pixels
+        raise SSLZooError(f"backbone.stem_stride={stem_stride!r}: expected 1 or 2 (the first convolution's stride)")
     model = SmallCNN(num_classes, width, dropout, normalize_feature, stride)
     if weights:
         load_smallcnn_weights(model, weights)

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from sslzoo.data.augment import RANDAUGMENT_OPS
-from sslzoo.data.views import MEAN, STD, AugmentConfig, Views, normalize_batch
+from sslzoo.data.views import MEAN, STD, AugmentConfig, Views, channels_first, normalize_batch
 
 
 @dataclass
@@ -43,7 +43,7 @@ class AugmentBenchOptions:
     unlabeled_views: tuple[str, ...] = ("weak", "weak", "strong")   # Ada-CM
     randaugment_n: int = 3                                           # the official Ada-CM RandAugment(3, 5)
     crop_padding: float = 0.125
-    repeats: int = 7                                                 # timed steps per method (median)
+    repeats: int = 21                                                # timed rounds (medians; ratios paired per round)
     warmup: int = 3                                                  # untimed rounds first (steady state)
 
 
@@ -120,11 +120,11 @@ def _median_seconds(fn: Callable[[], Any], repeats: int, sync: Callable[[], None
     return statistics.median(times)
 
 
-def _interleaved_median_seconds(fns: dict[str, Callable[[], Any]], repeats: int, warmup: int) -> dict[str, float]:
-    """Median seconds of each function, timed in rounds (each function once per round) after
-    ``warmup`` untimed rounds: machine noise hits all of them alike, and each is timed in the
-    steady state a loader worker runs in (the first steps of a process are slower, by up to
-    1.5x here: the allocator is still growing its heap and page-faulting fresh memory)."""
+def _interleaved_seconds(fns: dict[str, Callable[[], Any]], repeats: int, warmup: int) -> dict[str, list[float]]:
+    """Seconds of each function per round (each function once per round) after ``warmup``
+    untimed rounds: machine noise hits all of them alike, and each is timed in the steady state
+    a loader worker runs in (the first steps of a process are slower, by up to 1.5x here: the
+    allocator is still growing its heap and page-faulting fresh memory)."""
     for _ in range(warmup):
         for fn in fns.values():
             fn()
@@ -134,7 +134,17 @@ def _interleaved_median_seconds(fns: dict[str, Callable[[], Any]], repeats: int,
             tic = time.perf_counter()
             fn()
             times[name].append(time.perf_counter() - tic)
-    return {name: statistics.median(t) for name, t in times.items()}
+    return times
+
+
+def _interleaved_median_seconds(fns: dict[str, Callable[[], Any]], repeats: int, warmup: int) -> dict[str, float]:
+    return {name: statistics.median(t) for name, t in _interleaved_seconds(fns, repeats, warmup).items()}
+
+
+def paired_ratio(slow: list[float], fast: list[float]) -> float:
+    """Median over rounds of slow / fast, each round's two timings taken back to back: a slow
+    spell of the machine then scales both, where a ratio of two medians would let it land in one."""
+    return statistics.median(a / b for a, b in zip(slow, fast))
 
 
 def measure_augment(opts: AugmentBenchOptions | None = None, device: str = "cpu") -> dict[str, Any]:
@@ -155,8 +165,8 @@ def measure_augment(opts: AugmentBenchOptions | None = None, device: str = "cpu"
         def tensor_step(views: Views, dev: torch.device) -> None:
             gen = torch.Generator().manual_seed(step[0])
             step[0] += 1
-            xl = torch.from_numpy(labeled).permute(0, 3, 1, 2).contiguous().to(dev)   # as the loader lays rows out
-            xu = torch.from_numpy(unlabeled).permute(0, 3, 1, 2).contiguous().to(dev)
+            xl = channels_first(labeled).to(dev)     # the loader's own layout step (gather_images)
+            xu = channels_first(unlabeled).to(dev)
             normalize_batch(views.batch("weak", xl, gen), dev)
             for name in opts.unlabeled_views:
                 normalize_batch(views.batch(name, xu, gen), dev)
@@ -172,13 +182,13 @@ def measure_augment(opts: AugmentBenchOptions | None = None, device: str = "cpu"
 
         result: dict[str, Any] = {**asdict(opts), "unlabeled_views": list(opts.unlabeled_views),
                                   "views_per_step": views_per_step, "threads": 1}
-        seconds = _interleaved_median_seconds({"batched": lambda: tensor_step(batched, cpu),
-                                               "per_image_torchvision": lambda: tensor_step(legacy, cpu),
-                                               "pil": pil_step}, opts.repeats, opts.warmup)
-        for name, s in seconds.items():
-            result[f"{name}_img_s_per_core"] = views_per_step / s
-        result["batched_over_pil"] = seconds["pil"] / seconds["batched"]
-        result["batched_over_per_image_torchvision"] = seconds["per_image_torchvision"] / seconds["batched"]
+        times = _interleaved_seconds({"batched": lambda: tensor_step(batched, cpu),
+                                      "per_image_torchvision": lambda: tensor_step(legacy, cpu),
+                                      "pil": pil_step}, opts.repeats, opts.warmup)
+        for name, t in times.items():
+            result[f"{name}_img_s_per_core"] = views_per_step / statistics.median(t)
+        result["batched_over_pil"] = paired_ratio(times["pil"], times["batched"])
+        result["batched_over_per_image_torchvision"] = paired_ratio(times["per_image_torchvision"], times["batched"])
         if device != "cpu" and torch.cuda.is_available():
             dev = torch.device(device)
             s = _median_seconds(lambda: tensor_step(batched, dev), opts.repeats, lambda: torch.cuda.synchronize(dev))

@@ -136,28 +136,13 @@ def test_weak_crop_equals_pad_then_slice(mode):
 
 
 @pytest.mark.parametrize("mode", ["reflect", "zeros"])
-@pytest.mark.parametrize("size,padding", [(14, 5), (224, 28)])
+@pytest.mark.parametrize("size,padding", [(14, 5), (32, 4), (224, 28)])
 def test_the_crop_has_the_same_result_on_every_path(mode, size, padding):
     """The CPU path (at most four block copies per image) and the GPU path (one gather) are twins."""
     x = images(9, size, seed=9)
     p = A.sample_weak(9, size, padding, 0.7, True, torch.Generator().manual_seed(1))
     assert torch.equal(A._crop_flip_per_image(x, p["offsets"], p["flip"], mode),
                        A._crop_flip_gather(x, p["offsets"], p["flip"], mode))
-
-
-def test_the_cpu_crop_takes_the_route_measured_faster_for_its_size(monkeypatch):
-    """On the CPU small images are cropped by the whole-batch gather, large ones image by image
-    (both give the same pixels: the test above); on any size the CUDA-twin switch forces the gather."""
-    called = []
-    monkeypatch.setattr(A, "_crop_flip_per_image", lambda *a: called.append("per-image") or a[0])
-    monkeypatch.setattr(A, "_crop_flip_gather", lambda *a: called.append("gather") or a[0])
-    zero, no = torch.zeros(2, 2, dtype=torch.long), torch.zeros(2, dtype=torch.bool)
-    for side in (32, A.GATHER_CROP_MAX_SIDE, A.GATHER_CROP_MAX_SIDE + 1, 224):
-        A.crop_flip(images(2, side), zero, no)
-    assert called == ["gather", "gather", "per-image", "per-image"]
-    monkeypatch.setattr(A, "CPU_ROUTES", False)
-    A.crop_flip(images(2, 224), zero, no)
-    assert called[-1] == "gather"
 
 
 def test_crop_probability_leaves_the_other_images_uncropped():
@@ -253,3 +238,12 @@ def test_every_view_has_the_same_result_on_both_routes(randaugment_first, monkey
     cpu = views.apply("strong", x, params)
     monkeypatch.setattr(A, "CPU_ROUTES", False)
     assert torch.equal(cpu, views.apply("strong", x, params))
+
+
+def test_rows_are_laid_out_channels_first_byte_for_byte():
+    """The loader's layout step (numpy's transposing copy) equals torch's permute, contiguous."""
+    from sslzoo.data.views import channels_first
+    rows = np.random.default_rng(0).integers(0, 256, (3, 7, 5, 3), dtype=np.uint8)
+    out = channels_first(rows)
+    assert out.dtype == torch.uint8 and out.is_contiguous() and out.shape == (3, 3, 7, 5)
+    assert torch.equal(out, torch.from_numpy(rows).permute(0, 3, 1, 2))

@@ -29,9 +29,9 @@ on the host), on the CPU inside loader workers or on the training GPU, without a
 a device tensor. Kornia's and torchvision v2's batched ops were considered: torchvision v2
 applies one random operation to the whole batch, and neither reproduces the PIL semantics
 (integer blending, lookup-table equalize, nearest fill) that FixMatch/USB numbers come from.
-On the CPU RandAugment, Cutout and (above 128 px) the crop take a per-image route instead
-(:mod:`.augment_cpu`: the same operations with host-number parameters, measured faster there);
-both routes give the same pixels.
+On the CPU the crop, RandAugment and Cutout take a per-image route instead (:mod:`.augment_cpu`:
+the same operations with host-number parameters, measured faster there); both routes give
+the same pixels.
 
 Randomness: every parameter is drawn from the ``torch.Generator`` handed in (the data
 pipeline seeds one per step and rank), in a fixed order, on the CPU; the same parameters give
@@ -63,12 +63,6 @@ CUTOUT_MAX = 0.5
 CPU_ROUTES = True
 
 
-# The weak crop's whole-batch gather beats the per-image block copies on the CPU up to this side
-# (32 images, one thread: 0.14 vs 1.20 ms at 32 px, 1.28 vs 1.55 ms at 128 px, 2.0-2.4 vs 1.6-1.8 ms
-# at 160 px; the per-image copies' Python cost is fixed, the gather's grows with the pixels).
-GATHER_CROP_MAX_SIDE = 128
-
-
 def _cpu_route(x: Tensor) -> bool:
     return CPU_ROUTES and x.device.type == "cpu"
 
@@ -97,12 +91,11 @@ def crop_flip(x: Tensor, offsets: Tensor, flip: Tensor, padding_mode: str = "ref
     Equivalent to ``F.pad(img, (p,)*4, mode)[:, p+dy : p+dy+H, p+dx : p+dx+W]`` (then ``.flip(-1)``)
     for |dy|, |dx| < the image side. On the CPU: per image, at most four block copies of the image
     itself, no padded copy (:func:`augment_cpu.crop_flip`); on a GPU: one gather on uint8 for the
-    whole batch (also on the CPU for images of at most ``GATHER_CROP_MAX_SIDE`` pixels, where
-    it measures faster).
+    whole batch.
     """
     if padding_mode not in ("reflect", "zeros"):
         raise ValueError(f"padding_mode must be 'reflect' or 'zeros'; got {padding_mode!r}")
-    if _cpu_route(x) and max(x.shape[-2:]) > GATHER_CROP_MAX_SIDE:
+    if _cpu_route(x):
         return _crop_flip_per_image(x, offsets, flip, padding_mode)
     return _crop_flip_gather(x, offsets, flip, padding_mode)
 

@@ -203,20 +203,31 @@ def _parts(size: int, shift: int) -> list[tuple[int, int, int, bool]]:
     return [(0, 0, size, False)]
 
 
+def _run(start: int, length: int, reverse: bool) -> slice:
+    """``length`` positions from ``start``, walked backwards from the last one if ``reverse``."""
+    if not reverse:
+        return slice(start, start + length)
+    return slice(start + length - 1, start - 1 if start else None, -1)
+
+
 def crop_flip(x: Tensor, offsets: list[list[int]], flips: list[bool], padding_mode: str) -> Tensor:
     """Each image's crop at (dy, dx) of its padded copy, flipped where ``flips[i]``, without padding:
     the crop is at most four blocks of the image (inside, a reflected row strip, a reflected column
     strip, a corner), each copied once. A flip is taken first, on the image: the crop of a flipped
-    image at (dy, -dx) is the flipped crop (padding commutes with the flip)."""
+    image at (dy, -dx) is the flipped crop (padding commutes with the flip).
+
+    Through numpy views of the same memory: a flipped or reflected block is a negative-stride view,
+    so every block is one strided copy and no flipped image is materialised (torch's ``flip``
+    copies, and its per-call cost was most of the crop's time at 224 px)."""
     h, w = x.shape[-2:]
     out = torch.empty_like(x) if padding_mode == "reflect" else torch.zeros_like(x)
+    source, target = x.numpy(), out.numpy()
     for i, ((dy, dx), flip) in enumerate(zip(offsets, flips)):
-        src = x[i].flip(-1) if flip else x[i]
+        src = source[i, :, :, ::-1] if flip else source[i]
         for r_dst, r_src, r_len, r_rev in _parts(h, dy):
             for c_dst, c_src, c_len, c_rev in _parts(w, -dx if flip else dx):
                 if padding_mode != "reflect" and (r_rev or c_rev):
                     continue                                   # zero padding: the reflected blocks stay 0
-                block = src[:, r_src:r_src + r_len, c_src:c_src + c_len]
-                dims = [d for d, rev in ((1, r_rev), (2, c_rev)) if rev]
-                out[i, :, r_dst:r_dst + r_len, c_dst:c_dst + c_len] = block.flip(dims) if dims else block
+                target[i, :, r_dst:r_dst + r_len, c_dst:c_dst + c_len] = \
+                    src[:, _run(r_src, r_len, r_rev), _run(c_src, c_len, c_rev)]
     return out

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -80,10 +81,18 @@ class Views:
         return self.cfg.device == "train"
 
 
+def channels_first(rows: np.ndarray) -> Tensor:
+    """uint8 [N, H, W, 3] rows as a contiguous uint8 [N, 3, H, W] tensor.
+
+    numpy's transposing copy, not torch's ``permute(...).contiguous()``: 0.69 against 1.64 ms for
+    16 rows of 224 px on one thread (2026-12-01), the same bytes."""
+    return torch.from_numpy(np.ascontiguousarray(rows.transpose(0, 3, 1, 2)))
+
+
 def gather_images(images: Rows, index: Any) -> Tensor:
     """uint8 [N, 3, H, W] of ``images[index]``, read from disk and laid out channels first once
     (every view of the batch is then made from contiguous planes)."""
-    return torch.from_numpy(images.take(index)).permute(0, 3, 1, 2).contiguous()
+    return channels_first(images.take(index))
 
 
 class ImageRows:

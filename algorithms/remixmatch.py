@@ -46,7 +46,6 @@ Choices, and what they follow:
 """
 from __future__ import annotations
 
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn

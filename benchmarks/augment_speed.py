@@ -228,7 +228,7 @@ def measure_operations(image_size: int = 224, repeats: int = 7, calls: int = 100
     torch.set_num_threads(1)
     try:
         arr = _images(1, image_size, 5)[0]
-        x, img, ops = torch.from_numpy(arr).permute(2, 0, 1).contiguous(), Image.fromarray(arr), pil_ops()
+        x, img, ops = channels_first(arr[None])[0], Image.fromarray(arr), pil_ops()
         result = {}
         for name, low, high in RANDAUGMENT_OPS:
             v = low + 0.37 * (high - low)

@@ -99,14 +99,19 @@ def _tree(pid: int) -> list[int]:
     return out
 
 
-def _status_kb(pid: int, field: str) -> int:
+def _proc_kb(pid: int, name: str, field: str) -> int:
+    """The kB value of ``field`` in /proc/PID/NAME (0 once the process is gone)."""
     try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        for line in Path(f"/proc/{pid}/{name}").read_text().splitlines():
             if line.startswith(field + ":"):
                 return int(line.split()[1])
     except OSError:
         pass
     return 0
+
+
+def _status_kb(pid: int, field: str) -> int:
+    return _proc_kb(pid, "status", field)
 
 
 BACKBONES = {"smallcnn": {"name": "smallcnn", "width": 16}, "resnet18": {"name": "resnet18"}}
@@ -181,13 +186,7 @@ def bare_step(run: dict[str, Any]) -> list[tuple[str, dict[str, float]]]:
 
 def _pss_kb(pid: int) -> int:
     """Proportional set size: pages shared between the trainer and its forked workers counted once."""
-    try:
-        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
-            if line.startswith("Pss:"):
-                return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
+    return _proc_kb(pid, "smaps_rollup", "Pss")
 
 
 def measure(out: Path, run: dict[str, Any]) -> dict[str, Any]:

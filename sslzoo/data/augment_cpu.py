@@ -34,11 +34,15 @@ def _to_uint8(x: Tensor) -> Tensor:
     return x.to(torch.int16).to(_UINT8)
 
 
+def _table_index(x: Tensor) -> Tensor:
+    """Each pixel's position in per-channel tables laid end to end: value + 256 x channel, flat."""
+    c = x.shape[0]
+    return x.int().view(c, -1).add_(torch.arange(0, c * 256, 256, dtype=torch.int32).view(c, 1)).view(-1)
+
+
 def _apply_lut(x: Tensor, lut: Tensor) -> Tensor:
     """x [C, H, W] through per-channel tables ``lut`` [C, 256] (uint8), one ``index_select``."""
-    c = x.shape[0]
-    index = x.int().view(c, -1).add_(torch.arange(0, c * 256, 256, dtype=torch.int32).view(c, 1))
-    return lut.reshape(-1).index_select(0, index.view(-1)).view_as(x)
+    return lut.reshape(-1).index_select(0, _table_index(x)).view_as(x)
 
 
 def _luma(xf: Tensor) -> Tensor:
@@ -78,14 +82,14 @@ def contrast(x: Tensor, v: float) -> Tensor:
 
 def equalize(x: Tensor, v: float) -> Tensor:
     c = x.shape[0]
-    index = x.int().view(c, -1).add_(torch.arange(0, c * 256, 256, dtype=torch.int32).view(c, 1)).view(-1)
+    index = _table_index(x)
     hist = torch.bincount(index, minlength=c * 256).view(c, 256)
     levels = torch.arange(256)
     last = torch.where(hist > 0, levels, -1).amax(dim=1, keepdim=True)
     step = (hist.sum(1, keepdim=True) - hist.gather(1, last.clamp_min(0))) // 255
     lut = (step // 2 + hist.cumsum(1) - hist) // step.clamp_min(1)
     lut = torch.where(step > 0, lut.clamp(0, 255), levels).to(_UINT8)
-    return lut.view(-1).index_select(0, index).view_as(x)
+    return lut.view(-1).index_select(0, index).view_as(x)   # _apply_lut, reusing the histogram's index
 
 
 def identity(x: Tensor, v: float) -> Tensor:
